@@ -1,0 +1,10 @@
+"""The logic behind flashkit's notebooks: experiments as plain functions returning DataFrames.
+
+- :mod:`flashkit.lab.backoff`: delay distributions of a :class:`~flashkit.retry.RetryConfig`, and
+  Brooker's 2015 contention experiment run with flashkit's own ``calculate_delay`` in virtual time.
+- :mod:`flashkit.lab.breaker`: a :class:`~flashkit.breaker.CircuitBreaker` driven through a
+  scripted outage and brownout in virtual time, as a per-second timeline.
+- :mod:`flashkit.lab.widgets`: thin ipywidgets layers over both (tested by setting ``.value``).
+
+Needs the ``lab`` extra (pandas, matplotlib, ipywidgets): ``pip install 'flashkit[lab]'``.
+"""

@@ -1,0 +1,79 @@
+"""The real notebooks, executed through papermill with their smoke parameters (as CI runs them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flashkit.report import run_report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.notebooks
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One smoke run of `make report` into a temporary directory."""
+    out = tmp_path_factory.mktemp("report")
+    return run_report(
+        manifest=ROOT / "benchmarks" / "report.toml",
+        output_dir=out,
+        smoke=True,
+        root=ROOT,
+        execution_timeout=600,
+    )
+
+
+def test_every_notebook_runs_clean(report) -> None:  # type: ignore[no-untyped-def]
+    """Every manifest notebook executes without error under its smoke parameters."""
+    failures = {e.entry.name: e.error for e in report.entries if not e.ok}
+    assert not failures
+    assert {e.entry.name for e in report.entries} == {"backoff", "breaker", "primitives"}
+
+
+def test_report_html_shows_results_not_code(report) -> None:  # type: ignore[no-untyped-def]
+    """index.html embeds the plots and tables and hides the code."""
+    html = report.index.read_text()
+    assert html.count("data:image/png;base64") >= 4
+    assert "exponential slowest by" in html
+    assert "import matplotlib.pyplot" not in html
+
+
+def test_backoff_notebook_writes_its_results(report) -> None:  # type: ignore[no-untyped-def]
+    """The backoff notebook records its summary, checks and wall time."""
+    results = json.loads((report.output_dir / "results" / "backoff.json").read_text())
+    assert results["clients"] == 20
+    assert results["repetitions"] == 3
+    strategies = {row["strategy"] for row in results["summary"]}
+    assert strategies == {"None", "Exponential", "Full", "Equal", "Decorrelated"}
+    assert set(results["checks"]) >= {"full_calls_below_half_of_exponential"}
+    assert results["wall_seconds"] > 0
+
+
+def test_breaker_notebook_compares_presets(report) -> None:  # type: ignore[no-untyped-def]
+    """The breaker notebook's comparison has the no-breaker baseline and the presets."""
+    results = json.loads((report.output_dir / "results" / "breaker.json").read_text())
+    assert results["duration"] == 120.0
+    comparison = results["comparison"]
+    assert comparison["no breaker"]["trips"] == 0
+    assert len(comparison) == 5
+    assert any(row["trips"] >= 1 for name, row in comparison.items() if name != "no breaker")
+
+
+def test_primitives_benchmark_reports_ratios(report) -> None:  # type: ignore[no-untyped-def]
+    """The benchmark notebook measured flashkit and every peer in one run."""
+    results = json.loads((report.output_dir / "results" / "primitives.json").read_text())
+    libraries = {row["library"] for row in results["rows"]}
+    assert {
+        "flashkit",
+        "tenacity",
+        "stamina",
+        "backoff",
+        "pybreaker",
+        "circuitbreaker",
+    } <= libraries
+    assert all(r["ns_per_op"] > 0 for r in results["rows"])
+    assert {t["target"] for t in results["targets"]}
