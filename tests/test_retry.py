@@ -1381,3 +1381,42 @@ def test_property_delays_bounded_and_attempts_exact(
     assert script.calls == max_attempts
     assert excinfo.value.attempts == max_attempts
     assert all(0.0 < d <= cap for d in clock.sleeps)
+
+
+def test_a_later_error_does_not_carry_the_first_as_its_context() -> None:
+    """Errors raised after a retry are not chained to the first failure ('During handling...')."""
+    clock = VirtualClock()
+    errors = iter([ValueError("transient"), ValidationError("bad request")])
+
+    @retry(RetryConfig(max_attempts=3, initial_delay=0.0, clock=clock))
+    def call() -> None:
+        raise next(errors)
+
+    with pytest.raises(ValidationError) as caught:
+        call()
+    assert caught.value.__context__ is None
+
+
+def test_async_result_predicate_on_the_fast_path() -> None:
+    """An async call without timeouts still honours retry_if_result and the budget."""
+    clock = VirtualClock()
+    budget = TokenBucketBudget(capacity=100.0)
+    results = iter([None, None, "ok"])
+
+    @retry(
+        RetryConfig(
+            max_attempts=5,
+            initial_delay=1.0,
+            jitter=False,
+            retry_if_result=lambda r: r is None,
+            budget=budget,
+            clock=clock,
+        )
+    )
+    async def call() -> str | None:
+        return next(results)
+
+    assert run_virtual(call(), clock=clock) == "ok"
+    assert clock.now() == 3.0  # waited 1 s then 2 s
+    assert budget.stats.requests == 1
+    assert budget.stats.retries == 2
