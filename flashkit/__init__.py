@@ -2,7 +2,7 @@
 
 Every public name is re-exported here; each lives in the module named after its idea:
 ``flashkit.clock``, ``flashkit.errors``, ``flashkit.retry``, ``flashkit.budget``,
-``flashkit.breaker``.
+``flashkit.breaker``, ``flashkit.ratelimit``, ``flashkit.redis_ratelimit``.
 """
 
 from flashkit.breaker import (
@@ -46,6 +46,17 @@ from flashkit.errors import (
     redact,
     retry_after_of,
 )
+from flashkit.ratelimit import (
+    Algorithm,
+    LimiterStats,
+    MultiLimit,
+    MultiReservation,
+    RateLimiter,
+    RateLimitResult,
+    ShardedRateLimiter,
+    TokenReservation,
+)
+from flashkit.redis_ratelimit import RedisDecision, RedisRateLimiter
 from flashkit.retry import (
     Attempt,
     Jitter,
@@ -60,6 +71,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "Algorithm",
     "Attempt",
     "AuthenticationError",
     "BreakDurationContext",
@@ -79,9 +91,16 @@ __all__ = [
     "ExternalServiceError",
     "is_retryable",
     "Jitter",
+    "LimiterStats",
+    "MultiLimit",
+    "MultiReservation",
     "PercentBudget",
+    "RateLimiter",
     "RateLimitError",
+    "RateLimitResult",
     "redact",
+    "RedisDecision",
+    "RedisRateLimiter",
     "retry",
     "retry_after_of",
     "RetryBudget",
@@ -91,11 +110,13 @@ __all__ = [
     "Retrying",
     "retrying",
     "run_virtual",
+    "ShardedRateLimiter",
     "StateChange",
     "StructuredError",
     "SystemClock",
     "TokenBucketBudget",
     "TokenRatioBudget",
+    "TokenReservation",
     "use_clock",
     "ValidationError",
     "VirtualClock",

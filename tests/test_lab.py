@@ -265,3 +265,52 @@ def test_random_is_not_shared_between_runs() -> None:
     simulate_breaker(SHORT, seed=1)
     contention_experiment(clients=[5], repetitions=1)
     assert random.getstate() == state
+
+
+# --- rate limits ------------------------------------------------------------------------------
+def test_max_in_window_counts_half_open_windows() -> None:
+    """[t, t+period) windows: an admission exactly one period later starts a new window."""
+    from flashkit.lab.ratelimit import max_in_window
+
+    assert max_in_window([0.0, 0.5, 0.99, 1.0, 1.5], 1.0) == 3
+    assert max_in_window([0.0, 0.5, 0.99, 1.0, 1.5], 1.0, after=1.0) == 2
+    assert max_in_window([], 1.0) == 0
+
+
+def test_burst_comparison_shows_the_first_window_overshoot() -> None:
+    """Strict flashkit limiters stay at 200 per second; full-bucket limiters nearly double it."""
+    from flashkit.lab.ratelimit import burst_comparison
+
+    summary, times = burst_comparison(200, 1.0, tasks=50, total=600)
+    rows = summary.set_index("limiter")
+    assert rows.loc["flashkit sliding_window", "max_in_window"] == 200
+    assert rows.loc["flashkit token_bucket (pacer)", "max_in_window"] <= 200
+    assert rows.loc["aiolimiter AsyncLimiter", "max_in_window"] > 350
+    assert rows.loc["flashkit gcra, burst=rate", "max_in_window"] > 350
+    assert (rows["max_after_first"] <= 201).all()
+    assert rows.loc["flashkit sliding_window", "total_time"] == pytest.approx(2.0, abs=0.01)
+    assert rows.loc["flashkit token_bucket (pacer)", "total_time"] == pytest.approx(3.0, abs=0.01)
+    assert len(times) == 4 * 600
+
+
+def test_sharding_spreads_one_key_over_every_shard() -> None:
+    """One key uses all shards and the union never exceeds the limit."""
+    from flashkit.lab.ratelimit import sharding_spread
+
+    per_shard, summary = sharding_spread(rate=1000, shards=8, requests=5000, seed=1)
+    assert summary["shards_used"] == 8
+    assert summary["max_in_window"] <= 1000
+    assert per_shard["rate"].sum() == 1000
+    assert (per_shard["admitted"] > 0).all()
+
+
+def test_refunding_unused_tokens_raises_throughput_within_the_limit() -> None:
+    """Giving back the unused estimate completes the same calls sooner; no minute ever holds
+    more tokens than the limit."""
+    from flashkit.lab.ratelimit import token_reconciliation
+
+    table = token_reconciliation(calls=120, seed=2).set_index("policy")
+    without = table.loc["reserve max_tokens"]
+    with_refund = table.loc["reserve max_tokens, refund the rest"]
+    assert with_refund["calls_per_minute"] > 1.15 * without["calls_per_minute"]
+    assert (table["peak_tokens_in_a_minute"] <= table["limit_tokens_per_minute"]).all()

@@ -31,7 +31,12 @@ def test_every_notebook_runs_clean(report) -> None:  # type: ignore[no-untyped-d
     """Every manifest notebook executes without error under its smoke parameters."""
     failures = {e.entry.name: e.error for e in report.entries if not e.ok}
     assert not failures
-    assert {e.entry.name for e in report.entries} == {"backoff", "breaker", "primitives"}
+    assert {e.entry.name for e in report.entries} == {
+        "backoff",
+        "breaker",
+        "rate_limits",
+        "primitives",
+    }
 
 
 def test_report_html_shows_results_not_code(report) -> None:  # type: ignore[no-untyped-def]
@@ -77,3 +82,13 @@ def test_primitives_benchmark_reports_ratios(report) -> None:  # type: ignore[no
     } <= libraries
     assert all(r["ns_per_op"] > 0 for r in results["rows"])
     assert {t["target"] for t in results["targets"]}
+
+
+def test_rate_limits_notebook_shows_strict_windows(report) -> None:  # type: ignore[no-untyped-def]
+    """The rate-limit notebook records the burst comparison, sharding and reconciliation."""
+    results = json.loads((report.output_dir / "results" / "rate_limits.json").read_text())
+    burst = {row["limiter"]: row for row in results["burst"]}
+    assert burst["flashkit sliding_window"]["max_in_window"] <= 200
+    assert burst["aiolimiter AsyncLimiter"]["max_in_window"] > 200
+    assert results["sharding"]["max_in_window"] <= results["sharding"]["rate"]
+    assert len(results["reconciliation"]) == 2

@@ -15,7 +15,7 @@ import yaml
 import flashkit
 
 ROOT = Path(__file__).resolve().parent.parent
-PUBLIC_MODULES = ["clock", "errors", "retry", "budget", "breaker"]
+PUBLIC_MODULES = ["clock", "errors", "retry", "budget", "breaker", "ratelimit", "redis_ratelimit"]
 
 
 def test_all_is_sorted_explicit_and_complete() -> None:

@@ -1,0 +1,309 @@
+"""flashkit's rate limiters against aiolimiter, limits and pyrate-limiter, in one process run.
+
+Three parts (times are real here, not virtual: this measures cost and real admissions):
+
+1. Per-call cost with capacity free (limit 10^9 per minute): sync ``try_acquire`` / ``hit`` and
+   async ``acquire``, as in peer-baselines.md §3, with the harness of ``primitives.py``.
+2. The burst test of peer-baselines.md §3: limit 200/s, 600 acquisitions requested as fast as
+   possible by 50 asyncio tasks, started at 0.05, 0.50 and 0.95 of a wall-clock second; reports
+   the most admissions in any 1-s window, the same counting only windows that open >= 1 s after
+   the start, and the time to the last admission. ``limits`` has no waiting acquire: its tasks
+   loop on ``hit()`` and sleep until ``get_window_stats().reset_time`` (at least 2 ms).
+3. Sharding under threads: 8 threads calling ``try_acquire`` on one ``RateLimiter`` against a
+   ``ShardedRateLimiter`` with 8 shards.
+
+    python benchmarks/ratelimit.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiolimiter
+import limits
+import limits.aio.storage
+import limits.aio.strategies
+import limits.storage
+import limits.strategies
+import pyrate_limiter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from primitives import async_loop, measure, sync_loop
+
+from flashkit import RateLimiter, ShardedRateLimiter
+from flashkit.lab.ratelimit import max_in_window
+
+HUGE = 10**9
+
+
+# --- 1. per-call cost -------------------------------------------------------------------------
+def cost_cases(loop: asyncio.AbstractEventLoop) -> dict[str, dict[str, Callable[[int], None]]]:
+    per_minute = limits.RateLimitItemPerMinute(HUGE)
+    fixed = limits.strategies.FixedWindowRateLimiter(limits.storage.MemoryStorage())
+    moving = limits.strategies.MovingWindowRateLimiter(limits.storage.MemoryStorage())
+    pyrate = pyrate_limiter.Limiter(pyrate_limiter.Rate(HUGE, pyrate_limiter.Duration.MINUTE))
+    sync = {
+        "flashkit sliding_window": sync_loop(RateLimiter(HUGE, 60.0).try_acquire),
+        "flashkit gcra": sync_loop(RateLimiter(HUGE, 60.0, "gcra", burst=HUGE).try_acquire),
+        "flashkit token_bucket": sync_loop(
+            RateLimiter(HUGE, 60.0, "token_bucket", burst=HUGE).try_acquire
+        ),
+        "limits FixedWindow": sync_loop(lambda: fixed.hit(per_minute)),
+        "limits MovingWindow": sync_loop(lambda: moving.hit(per_minute)),
+        "pyrate-limiter": sync_loop(lambda: pyrate.try_acquire("k", blocking=False)),
+    }
+    afixed = limits.aio.strategies.FixedWindowRateLimiter(limits.aio.storage.MemoryStorage())
+    apyrate = pyrate_limiter.Limiter(pyrate_limiter.Rate(HUGE, pyrate_limiter.Duration.MINUTE))
+    flash = RateLimiter(HUGE, 60.0)
+    aio = aiolimiter.AsyncLimiter(HUGE, 60)
+
+    async def limits_hit() -> bool:
+        return await afixed.hit(per_minute)
+
+    async def pyrate_acquire() -> bool:
+        return await apyrate.try_acquire_async("k")
+
+    asynchronous: dict[str, Callable[[int], None]] = {
+        "flashkit acquire": async_loop(loop, flash.acquire),
+        "aiolimiter acquire": async_loop(loop, aio.acquire),
+        "limits.aio FixedWindow hit": async_loop(loop, limits_hit),
+        "pyrate-limiter try_acquire_async": async_loop(loop, pyrate_acquire),
+    }
+    return {
+        "try_acquire, capacity free (sync)": sync,
+        "acquire, capacity free (async)": asynchronous,
+    }
+
+
+# --- 2. the burst test ------------------------------------------------------------------------
+async def burst(acquire: Callable[[], Awaitable[Any]], tasks: int, total: int) -> list[float]:
+    start = time.monotonic()
+    times: list[float] = []
+    left = total
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await acquire()
+            times.append(time.monotonic() - start)
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return times
+
+
+def _limits_acquire(strategy: Any, item: Any) -> Callable[[], Awaitable[None]]:
+    async def acquire() -> None:
+        while not await strategy.hit(item):
+            stats = await strategy.get_window_stats(item)
+            await asyncio.sleep(max(0.002, stats.reset_time - time.time()))
+
+    return acquire
+
+
+def burst_contenders(rate: int) -> dict[str, Callable[[], Callable[[], Awaitable[Any]]]]:
+    item = limits.RateLimitItemPerSecond(rate)
+    aio_strategies = limits.aio.strategies
+
+    def limits_make(cls: Any) -> Callable[[], Callable[[], Awaitable[None]]]:
+        return lambda: _limits_acquire(cls(limits.aio.storage.MemoryStorage()), item)
+
+    def pyrate_make() -> Callable[[], Awaitable[Any]]:
+        limiter = pyrate_limiter.Limiter(pyrate_limiter.Rate(rate, pyrate_limiter.Duration.SECOND))
+
+        async def acquire() -> Any:
+            return await limiter.try_acquire_async("k")
+
+        return acquire
+
+    return {
+        "flashkit sliding_window (default)": lambda: RateLimiter(rate, 1.0).acquire,
+        "flashkit token_bucket (pacer)": lambda: RateLimiter(rate, 1.0, "token_bucket").acquire,
+        "aiolimiter": lambda: aiolimiter.AsyncLimiter(rate, 1).acquire,
+        "limits FixedWindow": limits_make(aio_strategies.FixedWindowRateLimiter),
+        "limits MovingWindow": limits_make(aio_strategies.MovingWindowRateLimiter),
+        "limits SlidingWindowCounter": limits_make(aio_strategies.SlidingWindowCounterRateLimiter),
+        "pyrate-limiter": pyrate_make,
+    }
+
+
+def run_burst_test(
+    *, quick: bool, rate: int = 200, total: int = 600, tasks: int = 50
+) -> list[dict[str, Any]]:
+    phases = [0.5] if quick else [0.05, 0.50, 0.95]
+    rows = []
+    for name, make in burst_contenders(rate).items():
+        maxima, after, totals = [], [], []
+        for phase in phases:
+            now = time.time()
+            time.sleep((phase - (now % 1.0)) % 1.0)  # start at this fraction of a wall second
+            times = asyncio.run(burst(make(), tasks, total))
+            maxima.append(max_in_window(times, 1.0))
+            after.append(max_in_window(times, 1.0, after=1.0))
+            totals.append(max(times))
+        rows.append(
+            {
+                "limiter": name,
+                "max_in_1s_median": statistics.median(maxima),
+                "max_in_1s_worst": max(maxima),
+                "after_first_second_worst": max(after),
+                "total_s_median": statistics.median(totals),
+                "limit": rate,
+            }
+        )
+    return rows
+
+
+# --- 3. sharding under threads ----------------------------------------------------------------
+def threaded_throughput(try_acquire: Callable[[str], Any], threads: int, per_thread: int) -> float:
+    barrier = threading.Barrier(threads + 1)
+
+    def worker(index: int) -> None:
+        key = f"k{index % 4}"
+        barrier.wait()
+        for _ in range(per_thread):
+            try_acquire(key)
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in pool:
+        thread.join()
+    return threads * per_thread / (time.perf_counter() - start)
+
+
+def run_sharding(*, quick: bool, threads: int = 8) -> list[dict[str, Any]]:
+    per_thread = 20_000 if quick else 100_000
+    rows = []
+    for repeat in range(1 if quick else 3):
+        single = RateLimiter(HUGE, 60.0)
+        sharded = ShardedRateLimiter(HUGE, 60.0, shards=threads)
+        rows.append(
+            {
+                "repeat": repeat,
+                "threads": threads,
+                "one RateLimiter ops/s": threaded_throughput(
+                    single.try_acquire, threads, per_thread
+                ),
+                "ShardedRateLimiter(8) ops/s": threaded_throughput(
+                    sharded.try_acquire, threads, per_thread
+                ),
+            }
+        )
+    return rows
+
+
+# --- running and reporting --------------------------------------------------------------------
+def run_all(*, quick: bool = False) -> dict[str, Any]:
+    target = 0.01 if quick else 0.08
+    repeat = 3 if quick else 7
+    loop = asyncio.new_event_loop()
+    cost = []
+    try:
+        for case, libraries in cost_cases(loop).items():
+            for library, run in libraries.items():
+                cost.append(
+                    {
+                        "case": case,
+                        "library": library,
+                        "ns_per_op": measure(run, target=target, repeat=repeat) * 1e9,
+                    }
+                )
+    finally:
+        loop.close()
+    by = {(r["case"], r["library"]): r["ns_per_op"] for r in cost}
+    sync_case, async_case = "try_acquire, capacity free (sync)", "acquire, capacity free (async)"
+    targets = [
+        {
+            "target": "try_acquire <= 1 us (sync, this machine)",
+            "value_ns": by[(sync_case, "flashkit sliding_window")],
+            "met": by[(sync_case, "flashkit sliding_window")] <= 1000.0,
+        },
+        {
+            "target": "try_acquire vs limits FixedWindow hit (ratio)",
+            "value": by[(sync_case, "flashkit sliding_window")]
+            / by[(sync_case, "limits FixedWindow")],
+            "met": by[(sync_case, "flashkit sliding_window")]
+            < by[(sync_case, "limits FixedWindow")],
+        },
+        {
+            "target": "async acquire <= aiolimiter's (ratio)",
+            "value": by[(async_case, "flashkit acquire")] / by[(async_case, "aiolimiter acquire")],
+            "met": by[(async_case, "flashkit acquire")] <= by[(async_case, "aiolimiter acquire")],
+        },
+    ]
+    burst_rows = run_burst_test(quick=quick)
+    default = next(r for r in burst_rows if r["limiter"].startswith("flashkit sliding_window"))
+    targets.append(
+        {
+            "target": "burst: flashkit default admits <= 200 in every 1-s window",
+            "value": default["max_in_1s_worst"],
+            "met": default["max_in_1s_worst"] <= 200,
+        }
+    )
+    return {
+        "python": sys.version.split()[0],
+        "quick": quick,
+        "cost": cost,
+        "burst": burst_rows,
+        "sharding": run_sharding(quick=quick),
+        "targets": targets,
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    lines = [f"rate limiters vs peers (Python {result['python']}, quick={result['quick']})", ""]
+    current = None
+    for row in result["cost"]:
+        if row["case"] != current:
+            current = row["case"]
+            lines.append(current)
+        lines.append(f"    {row['library']:<34} {row['ns_per_op']:>10,.0f} ns")
+    lines.append("")
+    lines.append("burst: 200/s, 600 acquisitions, 50 tasks (max admitted in any 1-s window)")
+    lines.extend(
+        f"    {r['limiter']:<34} median {r['max_in_1s_median']:>4}  worst {r['max_in_1s_worst']:>4}"
+        f"  after 1st s {r['after_first_second_worst']:>4}  total {r['total_s_median']:.2f} s"
+        for r in result["burst"]
+    )
+    lines.append("")
+    lines.append("sharding under 8 threads (try_acquire ops/s)")
+    lines.extend(
+        f"    one limiter {r['one RateLimiter ops/s']:>12,.0f}"
+        f"   sharded {r['ShardedRateLimiter(8) ops/s']:>12,.0f}"
+        for r in result["sharding"]
+    )
+    lines.append("")
+    for t in result["targets"]:
+        value = t.get("value_ns", t.get("value"))
+        lines.append(f"    {t['target']:<58} {value:>10.3f}  {'met' if t['met'] else 'NOT MET'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    result = run_all(quick=args.quick)
+    print(format_report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,279 @@
+"""Rate limiters, measured in virtual time: bursts, algorithms, sharding and token reconciliation.
+
+- :func:`burst_comparison` runs the peer-baselines burst (600 acquisitions by 50 tasks against a
+  limit of 200 per second) through each flashkit algorithm and through aiolimiter, on one virtual
+  clock, and reports the most units any 1-s window admitted — aiolimiter's first-window overshoot
+  made visible.
+- :func:`sharding_spread` shows how a :class:`~flashkit.ratelimit.ShardedRateLimiter` spreads one
+  key over every shard while the union stays within the limit.
+- :func:`token_reconciliation` simulates LLM calls under a tokens-per-minute limit: reserving the
+  ``max_tokens`` estimate and giving back the difference once the response reports its usage
+  (:meth:`~flashkit.ratelimit.RateLimiter.adjust`) against never giving it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from flashkit.clock import VirtualClock, run_virtual
+from flashkit.ratelimit import RateLimiter, ShardedRateLimiter
+
+__all__ = [
+    "burst_comparison",
+    "max_in_window",
+    "plot_burst",
+    "run_burst",
+    "sharding_spread",
+    "token_reconciliation",
+]
+
+
+def max_in_window(times: Sequence[float], period: float, *, after: float | None = None) -> int:
+    """The most admissions in any half-open window ``[t, t + period)`` (``t`` an admission time;
+    with ``after``, only windows starting at or after it)."""
+    ordered = sorted(times)
+    best = 0
+    for i, t in enumerate(ordered):
+        if after is not None and t < after:
+            continue
+        best = max(best, bisect.bisect_left(ordered, t + period) - i)
+    return best
+
+
+async def _burst(acquire: Callable[[], Awaitable[Any]], tasks: int, total: int) -> list[float]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    times: list[float] = []
+    left = total
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await acquire()
+            times.append(loop.time() - start)
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return times
+
+
+def run_burst(
+    make: Callable[[VirtualClock], Callable[[], Awaitable[Any]]],
+    *,
+    tasks: int = 50,
+    total: int = 600,
+) -> list[float]:
+    """Admission times (seconds from start) of ``total`` acquisitions by ``tasks`` tasks, in
+    virtual time. ``make(clock)`` builds the limiter on that clock and returns its acquire."""
+    clock = VirtualClock()
+
+    async def main() -> list[float]:
+        return await _burst(make(clock), tasks, total)
+
+    return run_virtual(main(), clock=clock)
+
+
+def _flashkit(algorithm: str, rate: int, period: float, burst: int | None) -> Any:
+    def make(clock: VirtualClock) -> Callable[[], Awaitable[Any]]:
+        limiter = RateLimiter(rate, period, algorithm, burst, clock=clock)  # type: ignore[arg-type]
+        return limiter.acquire
+
+    return make
+
+
+def _aiolimiter(rate: int, period: float) -> Any:
+    def make(clock: VirtualClock) -> Callable[[], Awaitable[Any]]:
+        import aiolimiter  # uses the running loop's time(): virtual here
+
+        limiter = aiolimiter.AsyncLimiter(rate, period)
+        return limiter.acquire
+
+    return make
+
+
+def burst_comparison(
+    rate: int = 200, period: float = 1.0, *, tasks: int = 50, total: int = 600
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The burst test for each limiter: (summary, admission times).
+
+    Summary columns: ``limiter``, ``max_in_window`` (most units in any window of ``period``),
+    ``max_after_first`` (only windows starting after the first period), ``total_time`` (seconds
+    to the last admission). Times: one row per admission (``limiter``, ``t``).
+    """
+    contenders: dict[str, Any] = {
+        "flashkit sliding_window": _flashkit("sliding_window", rate, period, None),
+        "flashkit token_bucket (pacer)": _flashkit("token_bucket", rate, period, None),
+        "flashkit gcra, burst=rate": _flashkit("gcra", rate, period, rate),
+    }
+    try:
+        import aiolimiter  # noqa: F401
+    except ImportError:  # pragma: no cover - the bench extra is not installed
+        pass
+    else:
+        contenders["aiolimiter AsyncLimiter"] = _aiolimiter(rate, period)
+    rows: list[dict[str, Any]] = []
+    times: list[dict[str, Any]] = []
+    for name, make in contenders.items():
+        admitted = run_burst(make, tasks=tasks, total=total)
+        rows.append(
+            {
+                "limiter": name,
+                "max_in_window": max_in_window(admitted, period),
+                "max_after_first": max_in_window(admitted, period, after=period),
+                "total_time": max(admitted),
+                "limit": rate,
+            }
+        )
+        times.extend({"limiter": name, "t": t} for t in admitted)
+    return pd.DataFrame(rows), pd.DataFrame(times)
+
+
+def plot_burst(times: pd.DataFrame, rate: int, period: float = 1.0) -> Any:
+    """Cumulative admissions over time per limiter, with the strict bound ``rate`` per window."""
+    import matplotlib.pyplot as plt
+
+    fig, (cumulative, per_window) = plt.subplots(1, 2, figsize=(12, 4))
+    for name, rows in times.groupby("limiter", sort=False):
+        t = sorted(rows["t"])
+        cumulative.step(t, range(1, len(t) + 1), where="post", label=str(name))
+        edges = [i * period / 10 for i in range(int(max(t) * 10 / period) + 2)]
+        counts = [max_in_window([x for x in t if e <= x < e + period], period) for e in edges]
+        per_window.plot(edges, counts, label=str(name))
+    per_window.axhline(rate, color="black", linestyle="--", linewidth=1, label=f"limit {rate}")
+    cumulative.set_xlabel("time (s)")
+    cumulative.set_ylabel("admitted so far")
+    cumulative.set_title("Admissions over time")
+    per_window.set_xlabel("window start (s)")
+    per_window.set_ylabel(f"admitted in [t, t + {period:g} s)")
+    per_window.set_title("Units per window: above the line breaks the limit")
+    for axis in (cumulative, per_window):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sharding_spread(
+    rate: int = 1000,
+    shards: int = 8,
+    *,
+    period: float = 1.0,
+    requests: int = 5000,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One key hammered through a :class:`ShardedRateLimiter` (virtual clock, 4 tries per
+    millisecond): per-shard admissions, and the union's worst window against ``rate``."""
+    clock = VirtualClock()
+    limiter = ShardedRateLimiter(
+        rate, period, shards, clock=clock, rng=random.Random(seed), name="demo"
+    )
+    times: list[float] = []
+    for _ in range(requests):
+        clock.advance(0.00025)
+        if limiter.try_acquire("one-key").allowed:
+            times.append(clock.now())
+    per_shard = pd.DataFrame(
+        {
+            "shard": range(shards),
+            "rate": limiter.rates,
+            "admitted": [s.stats.admitted for s in limiter.shards],
+        }
+    )
+    summary = {
+        "rate": rate,
+        "shards": shards,
+        "admitted": len(times),
+        "max_in_window": max_in_window(times, period),
+        "shards_used": int((per_shard["admitted"] > 0).sum()),
+    }
+    return per_shard, summary
+
+
+def _peak(events: Sequence[tuple[float, int]], period: float) -> int:
+    """The most units in any window [t, t + period) of (time, units) events."""
+    ordered = sorted(events)
+    times = [t for t, _ in ordered]
+    best = 0
+    for i, (t, _) in enumerate(ordered):
+        j = bisect.bisect_left(times, t + period)
+        best = max(best, sum(u for _, u in ordered[i:j]))
+    return best
+
+
+def _run_calls(
+    tokens_per_minute: int,
+    max_tokens: int,
+    usage: Sequence[int],
+    latency: Sequence[float],
+    concurrency: int,
+    *,
+    refund: bool,
+) -> tuple[float, list[tuple[float, int]]]:
+    """Simulated minutes to finish every call, and (start time, tokens used) per call."""
+    clock = VirtualClock()
+    limiter = RateLimiter(tokens_per_minute, 60.0, clock=clock, name="tpm")
+    used: list[tuple[float, int]] = []
+    queue = list(range(len(usage)))
+
+    async def worker() -> None:
+        while queue:
+            i = queue.pop(0)
+            reservation = limiter.reserve(count=max_tokens, max_wait=math.inf)
+            await reservation.wait()
+            started = clock.now()
+            await asyncio.sleep(latency[i])
+            used.append((started, usage[i]))  # the upstream counts the tokens at the request
+            if refund:
+                limiter.adjust(reservation, usage[i])
+
+    async def main() -> None:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    run_virtual(main(), clock=clock)
+    return clock.now() / 60.0, used
+
+
+def token_reconciliation(
+    *,
+    tokens_per_minute: int = 90_000,
+    max_tokens: int = 4_000,
+    calls: int = 300,
+    concurrency: int = 20,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """LLM calls under a tokens-per-minute limit, each charged its ``max_tokens`` estimate up
+    front, with and without giving back the unused part when the response reports its usage.
+
+    Each call reserves ``max_tokens`` (:meth:`~flashkit.ratelimit.RateLimiter.reserve`), and with
+    the refund policy gives back the unused part with :meth:`~flashkit.ratelimit.RateLimiter.adjust`
+    on that reservation once its response arrives. Returns one row per policy: calls completed,
+    simulated minutes, calls per minute, tokens used per minute, and the most tokens actually used
+    in any one-minute window (which must stay within the limit).
+    """
+    rows = []
+    for refund in (False, True):
+        rng = random.Random(seed)
+        usage = [rng.randint(max_tokens // 8, max_tokens // 2) for _ in range(calls)]
+        latency = [rng.uniform(1.0, 6.0) for _ in range(calls)]
+        minutes, used = _run_calls(
+            tokens_per_minute, max_tokens, usage, latency, concurrency, refund=refund
+        )
+        rows.append(
+            {
+                "policy": "reserve max_tokens, refund the rest" if refund else "reserve max_tokens",
+                "calls": calls,
+                "minutes": minutes,
+                "calls_per_minute": calls / minutes,
+                "tokens_used_per_minute": sum(u for _, u in used) / minutes,
+                "peak_tokens_in_a_minute": _peak(used, 60.0),
+                "limit_tokens_per_minute": tokens_per_minute,
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,1558 @@
+"""A rate limit shared by many processes: one atomic Lua script per decision on Redis.
+
+>>> rpm = RedisRateLimiter("redis://redis:6379/0", 60, 60.0)   # 60 per minute, for all processes
+>>> rpm.try_acquire()                                          # RateLimitResult, never waits
+>>> await rpm.acquire(timeout=30.0)                            # waits its turn (FIFO), or raises
+>>> decision = await rpm.acquire_detailed()                    # + the server time it counts at
+
+The interface and the semantics are those of :class:`flashkit.ratelimit.RateLimiter` (see its
+module docstring): ``sliding_window`` (default, strict: no half-open window ``[t, t + period)``
+ever holds more than ``rate`` units), ``token_bucket`` and ``gcra`` (same admissions, ``burst=None``
+= a one-unit pacer); waiters are first come, first served (an ``acquire`` takes its capacity at
+once, at the earliest time it fits, and sleeps until then; a ``timeout`` it cannot meet fails at
+once with ``retry_after``; a later ``try_acquire`` never jumps the queue); a ``count`` the limit
+can never grant raises a non-retryable :class:`~flashkit.errors.ValidationError`; cancelling a
+waiting ``acquire`` gives its capacity back. ``stats`` is a
+:class:`~flashkit.ratelimit.LimiterStats`.
+
+What is different:
+
+- **Time is the Redis server's** (``redis.call('TIME')`` inside every script), so the processes'
+  clocks do not matter. Each decision is one ``EVALSHA`` round trip that reads and writes the key's
+  state atomically (no read-modify-write race between processes). ``reset_at`` in results is
+  translated to this process's ``clock``; :class:`RedisDecision` (from ``try_acquire_detailed`` /
+  ``acquire_detailed``) also gives ``server_time``: the server time the admitted units count at.
+- **Storage.** All keys of one limiter share the hash tag ``{key_prefix:name}`` (one Redis Cluster
+  slot). Per limit key: ``{…}:<key>:log`` (sliding window: a sorted set of entries
+  ``"<id>:<units>"`` scored by server time) or ``{…}:<key>:st`` (a hash: the log's total, the FIFO
+  tail and the latest score; or the bucket level / the GCRA theoretical arrival time), expiring
+  once they no longer matter. Per limiter: ``{…}:meta`` (a hash with no expiry: the epoch token).
+- **Leases** (``lease=k``, sliding window only): one round trip takes up to ``k`` units; this
+  process hands them out locally until ``lease_duration`` seconds after it *sent* the request.
+  The lease is charged as one log entry scored at grant time + ``lease_duration``. Why that is
+  strict: the units are used inside ``[grant, grant + lease_duration]`` of server time (used after
+  the reply, and no later than send + duration <= grant + duration). The grant itself is checked
+  like an admission at ``grant`` (every window containing a point of that interval only holds
+  entries scored after ``grant - period``, all counted). Any later admission at ``x`` counts every
+  entry scored after ``x - period``; a window holding both ``x`` and a use time ``u`` has
+  ``x - period < u <= grant + lease_duration``, so the lease's entry is counted. Unused units of an
+  expired lease are given back on the next round trip for that key (or at ``close()``). A lease
+  never moves the FIFO tail, and is only granted when nobody is queued.
+
+Outages (Redis down, restarted, flushed). The argument below assumes every process of a limiter is
+built with the same settings, at most ``expected_processes`` of them, and round trips shorter than
+``lease_duration`` (the *grace*: how long a process may still use a grant after its last contact
+with the server):
+
+- **Restart detection.** The first process that calls creates ``{…}:meta`` with a random epoch
+  token; every call passes the token this process knows. If the token is gone (restart, flush) or
+  replaced while this process knew one, the script records ``restart_at`` and from then on every
+  key gets a phantom entry of ``rate`` units at ``restart_at + grace`` (token bucket / GCRA: an
+  empty bucket then): the new server cannot know what was admitted in the last period, so nothing
+  is admitted for ``period + grace`` (``acquire`` queues behind it; ``try_acquire`` gets
+  ``retry_after``). A brand-new deployment (no process knew a token) starts empty, like a local
+  :class:`~flashkit.ratelimit.RateLimiter` does. A waiter whose reservation predates a restart
+  re-checks the token when it wakes (unless a call of this process confirmed it within the grace)
+  and queues again if the reservation was lost.
+- ``on_unavailable="fail_closed"`` (default): while Redis does not answer, every decision raises
+  :class:`~flashkit.errors.RateLimitError` (``code="limiter_unavailable"``, retryable,
+  ``retry_after`` = time to the next probe) naming the URL without credentials. Calls within
+  ``probe_interval`` of a failure fail at once without touching the network.
+- ``on_unavailable="local_fallback"``: the process logs one WARNING (logger
+  ``flashkit.ratelimit``) per outage and refuses for ``fallback_hold`` seconds (default ``period +
+  grace``: it cannot know what the others were admitted just before), then admits on an in-process
+  :class:`~flashkit.ratelimit.RateLimiter` at ``floor(rate / expected_processes)`` (at least 1) per
+  period. It probes Redis at most every ``probe_interval`` seconds (the next decision tries), and
+  no local admission is scheduled past the next probe. When Redis answers again the process
+  replays its local admissions of the last period into the log (at their times translated to
+  server time), and, unless the outage was shorter than the others' hold, marks the limiter so
+  every key carries a phantom entry for the other processes' local shares (``(expected_processes -
+  1) * floor(rate / expected_processes)`` units) until ``period + probe_interval`` after that:
+  they may still be admitting locally until their own probe. So, for ``sliding_window``, the union
+  of all processes stays within ``rate`` per window across outages and restarts. For
+  ``token_bucket``/``gcra`` the fallback keeps each process to its share of the rate but the union
+  can burst beyond ``burst`` (a strict pacer cannot be split between processes).
+  Not covered: a partition where some processes still reach Redis while others fall back (the
+  union may then exceed ``rate`` by the fallback shares), and a server whose memory policy evicts
+  keys without expiry (``{…}:meta``); use ``noeviction`` or a ``volatile-*`` policy.
+
+Connections: one sync client and, per event loop, one ``redis.asyncio`` client (closed by
+:meth:`RedisRateLimiter.aclose`, or when its loop shuts down, e.g. at the end of ``asyncio.run``).
+A call is retried once, at once, only when its connection broke (a pooled connection to a restarted
+server); never after a timeout, when the script may have run. Wrong credentials or ACL
+permissions, a foreign value under the limiter's keys or a script error raise ``RateLimitError``
+(``code="limiter_error"``, not retryable): they are not outages. Passwords never appear in errors,
+logs or ``repr``. Needs Redis >= 6.2 (``ZADD GT``) and redis-py >= 5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Generator
+from types import TracebackType
+from typing import Any, Final, Literal, NamedTuple, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from flashkit.clock import Clock, default_clock
+from flashkit.errors import RateLimitError, ValidationError, redact
+from flashkit.ratelimit import (
+    Algorithm,
+    LimiterStats,
+    RateLimiter,
+    RateLimitResult,
+    _check_count,
+    _check_number,
+    _Counters,
+)
+
+__all__ = ["RedisDecision", "RedisRateLimiter"]
+
+logger = logging.getLogger("flashkit.ratelimit")
+
+T = TypeVar("T")
+OnUnavailable = Literal["fail_closed", "local_fallback"]
+Source = Literal["redis", "lease", "fallback"]
+
+_ALGORITHMS: Final = ("sliding_window", "token_bucket", "gcra")
+_EPS: Final = 1e-9
+_NO_LIMIT: Final = "1e18"  # "no max_wait" in a script argument (Lua's tonumber has no inf)
+
+
+class RedisDecision(NamedTuple):
+    """One decision of a :class:`RedisRateLimiter`, with where and when it was made.
+
+    ``allowed``, ``remaining``, ``retry_after``, ``reset_at`` as in
+    :class:`~flashkit.ratelimit.RateLimitResult` (``reset_at`` on this process's ``clock``).
+    ``server_time``: Redis server time (Unix seconds) at which the admitted units count: the
+    decision's ``TIME``, or for a waited ``acquire`` the time its reservation came due; estimated
+    from this process's clock (within a round trip) when ``source`` is ``"lease"`` or
+    ``"fallback"``; NaN when refused (or, for a fallback admission, when this process has never
+    reached the server). ``waited``: seconds the call slept. ``source``: who decided:
+    ``"redis"`` (a script), ``"lease"`` (units of a lease held by this process) or ``"fallback"``
+    (the local limiter during an outage).
+    """
+
+    allowed: bool
+    remaining: float
+    retry_after: float
+    reset_at: float
+    server_time: float
+    waited: float
+    source: Source
+
+    def result(self) -> RateLimitResult:
+        """The decision as a plain :class:`~flashkit.ratelimit.RateLimitResult`."""
+        return RateLimitResult(self.allowed, self.remaining, self.retry_after, self.reset_at)
+
+
+# --- Lua ------------------------------------------------------------------------------------
+# Scripts are generated per limiter: @GRACE@, @P1@, @P2@, @FBU@ and @LEASE_DURATION@ are
+# replaced by the limiter's constants (see RedisRateLimiter._script_sources), so a call only
+# carries what changes. Every script starts with the prelude: server time, then the epoch check
+# on KEYS[1] (meta). ARGV[1]: a fixed "now" for tests ("" = TIME), ARGV[2]: the epoch token this
+# client knows ("" = none), ARGV[3]: a fresh token to use if there is none.
+_PRELUDE: Final = """
+local function fmt(x) return string.format('%.17g', x) end
+local function units(m) return tonumber(string.match(m, ':([^:]*)$')) or 0 end
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local meta = KEYS[1]
+local known = ARGV[2]
+local mh = redis.call('HMGET', meta, 'epoch', 'restart_at', 'fb_until', 'created')
+local epoch = mh[1]
+local restart_at = tonumber(mh[2])
+local fb_until = tonumber(mh[3])
+if not epoch then
+  epoch = ARGV[3]
+  if known ~= '' then
+    restart_at = now
+    redis.call('HSET', meta, 'epoch', epoch, 'created', now, 'restart_at', now)
+  else
+    redis.call('HSET', meta, 'epoch', epoch, 'created', now)
+  end
+elseif known ~= '' and epoch ~= known and not restart_at then
+  restart_at = tonumber(mh[4]) or now
+  redis.call('HSET', meta, 'restart_at', restart_at)
+end
+local grace = @GRACE@
+"""
+
+# Marker for the other processes' local admissions after an outage (resume scripts).
+# @FBU@: their units (0: none), ARGV[4]: seconds the marker lasts ("" = do not set).
+_MARK: Final = """
+if ARGV[4] ~= '' and @FBU@ > 0 then
+  local mu = now + tonumber(ARGV[4])
+  if not fb_until or mu > fb_until then
+    redis.call('HSET', meta, 'fb_until', mu)
+    fb_until = mu
+  end
+end
+"""
+
+# Sliding window state: KEYS[2] log (zset "<id>:<units>" -> score), KEYS[3] st (total, tail, hi).
+# @P1@ rate, @P2@ period, @FBU@ phantom units for the others' fallback shares.
+_SW_LOAD: Final = """
+local rate = @P1@
+local period = @P2@
+local log = KEYS[2]
+local st = KEYS[3]
+local s = redis.call('HMGET', st, 'total', 'tail', 'hi')
+local total = tonumber(s[1]) or 0
+local tail = tonumber(s[2]) or 0
+local hi = tonumber(s[3]) or 0
+local dirty = false
+local cutoff = now - period
+local old = redis.call('ZRANGEBYSCORE', log, '-inf', cutoff)
+if #old > 0 then
+  for i = 1, #old do total = total - units(old[i]) end
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', cutoff)
+  if redis.call('ZCARD', log) == 0 then total = 0 end
+  dirty = true
+end
+if restart_at and now < restart_at + grace + period then
+  local at = restart_at + grace
+  if redis.call('ZADD', log, 'GT', at, '~rs:@P1@') == 1 then total = total + rate end
+  if at > hi then hi = at end
+  dirty = true
+end
+local fbu = @FBU@
+if fb_until and fbu > 0 and now < fb_until + period then
+  if redis.call('ZADD', log, 'GT', fb_until, '~fb:@FBU@') == 1 then
+    total = total + fbu
+  end
+  if fb_until > hi then hi = fb_until end
+  dirty = true
+end
+"""
+
+_SW_SAVE: Final = """
+if dirty then
+  redis.call('HSET', st, 'total', total, 'tail', tail, 'hi', hi)
+  local ttl = math.ceil((hi + period - now) * 1000) + 1000
+  if ttl < 1000 then ttl = 1000 end
+  redis.call('PEXPIRE', log, ttl)
+  redis.call('PEXPIRE', st, ttl)
+end
+"""
+
+# Decide: ARGV[4] n, ARGV[5] max_wait, ARGV[6] entry id, ARGV[7] lease units (0: no lease),
+# ARGV[8] number of lease returns, then (member, units kept) pairs. Lease duration @LEASE_DURATION@.
+# Returns {allowed, remaining, retry_after, reset, now, at, epoch, member, units leased}.
+_SW_DECIDE: Final = (
+    _PRELUDE
+    + _SW_LOAD
+    + """
+local j = 9
+for i = 1, tonumber(ARGV[8]) do
+  local mem = ARGV[j]
+  local sc = redis.call('ZSCORE', log, mem)
+  if sc then
+    redis.call('ZREM', log, mem)
+    total = total - units(mem)
+    local keep = tonumber(ARGV[j + 1])
+    if keep > 0 then
+      redis.call('ZADD', log, sc, string.match(mem, '^(.*):[^:]*$') .. ':' .. ARGV[j + 1])
+      total = total + keep
+    end
+    dirty = true
+  end
+  j = j + 2
+end
+local n = tonumber(ARGV[4])
+local max_wait = tonumber(ARGV[5])
+local lease = tonumber(ARGV[7])
+local start = now
+if tail > now then start = tail end
+local at = start
+local excess = total + n - rate
+if excess > 1e-9 then
+  -- the earliest time the oldest entries have left enough room (entries in score order)
+  -- (read in growing chunks: usually the oldest entry alone frees enough)
+  local freed = 0
+  local idx = 0
+  local size = 2
+  local found = nil
+  while not found do
+    local chunk = redis.call('ZRANGE', log, idx, idx + size - 1, 'WITHSCORES')
+    if #chunk == 0 then break end
+    for i = 1, #chunk, 2 do
+      freed = freed + units(chunk[i])
+      if freed >= excess - 1e-9 then
+        found = tonumber(chunk[i + 1]) + period
+        break
+      end
+    end
+    idx = idx + size
+    size = size * 4
+  end
+  found = found or (start + period)
+  if found > at then at = found end
+end
+local allowed = 0
+local retry_after = 0
+local member = ''
+local granted = 0
+if at <= now and lease > 0 then
+  granted = math.min(lease, rate - total)
+  if granted < n then granted = n end
+  member = ARGV[6] .. ':' .. fmt(granted)
+  local expires = now + @LEASE_DURATION@
+  redis.call('ZADD', log, expires, member)
+  total = total + granted
+  if expires > hi then hi = expires end
+  allowed = 1
+  dirty = true
+elseif at - now <= max_wait + 1e-9 then
+  member = ARGV[6] .. ':' .. ARGV[4]
+  redis.call('ZADD', log, at, member)
+  total = total + n
+  if at > now then tail = at end
+  if at > hi then hi = at end
+  allowed = 1
+  dirty = true
+else
+  retry_after = at - now
+end
+"""
+    + _SW_SAVE
+    + """
+local remaining = rate - total
+if tail > now or remaining < 0 then remaining = 0 end
+local reset = hi + period
+if reset < now then reset = now end
+return {allowed, fmt(remaining), fmt(retry_after), fmt(reset), fmt(now), fmt(at), epoch, member,
+        fmt(granted)}
+"""
+)
+
+# Give units back: KEYS[1] log, KEYS[2] st; ARGV: (member, units kept) pairs. Returns the units.
+_SW_REFUND: Final = """
+local back = 0
+local total = tonumber(redis.call('HGET', KEYS[2], 'total'))
+for j = 1, #ARGV, 2 do
+  local mem = ARGV[j]
+  local sc = redis.call('ZSCORE', KEYS[1], mem)
+  if sc then
+    redis.call('ZREM', KEYS[1], mem)
+    local u = tonumber(string.match(mem, ':([^:]*)$')) or 0
+    local keep = tonumber(ARGV[j + 1])
+    if keep > 0 then
+      redis.call('ZADD', KEYS[1], sc, string.match(mem, '^(.*):[^:]*$') .. ':' .. ARGV[j + 1])
+    else
+      keep = 0
+    end
+    back = back + u - keep
+  end
+end
+if total and back > 0 then
+  total = total - back
+  if total < 0 then total = 0 end
+  redis.call('HSET', KEYS[2], 'total', total)
+end
+return string.format('%.17g', back)
+"""
+
+# Resume after an outage: ARGV[4] marker ("" = none), ARGV[5] id prefix, then (ago, units) pairs.
+_SW_RESUME: Final = (
+    _PRELUDE
+    + _MARK
+    + _SW_LOAD
+    + """
+local k = 0
+for j = 6, #ARGV, 2 do
+  local at = now - tonumber(ARGV[j])
+  if at > now - period then
+    k = k + 1
+    redis.call('ZADD', log, at, ARGV[5] .. '-' .. k .. ':' .. ARGV[j + 1])
+    total = total + tonumber(ARGV[j + 1])
+    if at > hi then hi = at end
+    dirty = true
+  end
+end
+"""
+    + _SW_SAVE
+    + "return {fmt(now), epoch}\n"
+)
+
+# GCRA state: KEYS[2] st (tat, last id, tat before the last grant). @P1@ interval, @P2@ cap.
+_GCRA_LOAD: Final = """
+local interval = @P1@
+local cap = @P2@
+local st = KEYS[2]
+local s = redis.call('HMGET', st, 'tat')
+local tat = tonumber(s[1]) or now
+if restart_at then
+  local floor = restart_at + grace + cap * interval
+  if floor > now and floor > tat then tat = floor end
+end
+"""
+
+_GCRA_DECIDE: Final = (
+    _PRELUDE
+    + _GCRA_LOAD
+    + """
+local n = tonumber(ARGV[4])
+local max_wait = tonumber(ARGV[5])
+local at = tat - (cap - n) * interval
+if at < now then at = now end
+local allowed = 0
+local retry_after = 0
+if at - now <= max_wait + 1e-9 then
+  local base = tat
+  if at > base then base = at end
+  tat = base + n * interval
+  redis.call('HSET', st, 'tat', tat, 'last', ARGV[6], 'before', s[1] or '')
+  redis.call('PEXPIRE', st, math.ceil((tat - now) * 1000) + 1000)
+  allowed = 1
+else
+  retry_after = at - now
+end
+local fill = tat - now
+if fill < 0 then fill = 0 end
+local remaining = cap - fill / interval
+if remaining < 0 then remaining = 0 end
+local reset = tat
+if reset < now then reset = now end
+return {allowed, fmt(remaining), fmt(retry_after), fmt(reset), fmt(now), fmt(at), epoch, ARGV[6],
+        '0'}
+"""
+)
+
+_GCRA_RESUME: Final = (
+    _PRELUDE
+    + _GCRA_LOAD
+    + """
+for j = 6, #ARGV, 2 do
+  local at = now - tonumber(ARGV[j])
+  if at > tat then tat = at end
+  tat = tat + tonumber(ARGV[j + 1]) * interval
+end
+if tat > now then
+  redis.call('HSET', st, 'tat', tat, 'last', '', 'before', '')
+  redis.call('PEXPIRE', st, math.ceil((tat - now) * 1000) + 1000)
+end
+return {fmt(now), epoch}
+"""
+)
+
+# Refund the latest grant only (KEYS[1] st; ARGV[1] its id): restore the state before it.
+_BUCKET_REFUND: Final = """
+local s = redis.call('HMGET', KEYS[1], 'last', 'before')
+if s[1] ~= ARGV[1] then return '0' end
+if not s[2] or s[2] == '' then
+  redis.call('DEL', KEYS[1])
+elseif string.find(s[2], '|', 1, true) then
+  local level, stamp = string.match(s[2], '^([^|]*)|(.*)$')
+  redis.call('HSET', KEYS[1], 'level', level, 'stamp', stamp, 'last', '', 'before', '')
+else
+  redis.call('HSET', KEYS[1], 'tat', s[2], 'last', '', 'before', '')
+end
+return '1'
+"""
+
+# Token bucket state: KEYS[2] st (level at stamp; absent = full). @P1@ refill/s, @P2@ cap.
+_TB_LOAD: Final = """
+local refill = @P1@
+local cap = @P2@
+local st = KEYS[2]
+local s = redis.call('HMGET', st, 'level', 'stamp')
+local level = tonumber(s[1])
+local stamp = tonumber(s[2])
+if restart_at then
+  local empty_at = restart_at + grace
+  local floor = empty_at + cap / refill
+  if floor > now then
+    local full_at = now
+    if level then full_at = stamp + (cap - level) / refill end
+    if floor > full_at then
+      level = 0
+      stamp = empty_at
+    end
+  end
+end
+local function level_at(t)
+  if not level then return cap, t end
+  local when = t
+  if stamp > t then when = stamp end
+  local l = level + (when - stamp) * refill
+  if l > cap then l = cap end
+  return l, when
+end
+"""
+
+_TB_DECIDE: Final = (
+    _PRELUDE
+    + _TB_LOAD
+    + """
+local n = tonumber(ARGV[4])
+local max_wait = tonumber(ARGV[5])
+local l, when = level_at(now)
+local at = when
+if l < n - 1e-9 then at = when + (n - l) / refill end
+local allowed = 0
+local retry_after = 0
+if at - now <= max_wait + 1e-9 then
+  local before = ''
+  if s[1] then before = s[1] .. '|' .. s[2] end
+  local l2, w2 = level_at(at)
+  level = l2 - n
+  stamp = w2
+  redis.call('HSET', st, 'level', level, 'stamp', stamp, 'last', ARGV[6],
+             'before', before)
+  redis.call('PEXPIRE', st, math.ceil((stamp + (cap - level) / refill - now) * 1000) + 1000)
+  allowed = 1
+else
+  retry_after = at - now
+end
+l, when = level_at(now)
+local remaining = l
+if when > now or remaining < 0 then remaining = 0 end
+local reset = when + (cap - l) / refill
+return {allowed, fmt(remaining), fmt(retry_after), fmt(reset), fmt(now), fmt(at), epoch, ARGV[6],
+        '0'}
+"""
+)
+
+_TB_RESUME: Final = (
+    _PRELUDE
+    + _TB_LOAD
+    + """
+local changed = false
+for j = 6, #ARGV, 2 do
+  local l2, w2 = level_at(now - tonumber(ARGV[j]))
+  level = l2 - tonumber(ARGV[j + 1])
+  stamp = w2
+  changed = true
+end
+if changed then
+  redis.call('HSET', st, 'level', level, 'stamp', stamp, 'last', '', 'before', '')
+  redis.call('PEXPIRE', st, math.ceil((stamp + (cap - level) / refill - now) * 1000) + 1000)
+end
+return {fmt(now), epoch}
+"""
+)
+
+_CONFIRM: Final = _PRELUDE + "return {fmt(now), epoch}\n"
+
+_SCRIPTS: Final = {
+    "sliding_window": (_SW_DECIDE, _SW_REFUND, _SW_RESUME, _CONFIRM),
+    "token_bucket": (_TB_DECIDE, _BUCKET_REFUND, _TB_RESUME, _CONFIRM),
+    "gcra": (_GCRA_DECIDE, _BUCKET_REFUND, _GCRA_RESUME, _CONFIRM),
+}
+_DECIDE, _REFUND, _RESUME, _CONFIRM_SCRIPT = range(4)
+_GO, _PROBE, _LOCAL = range(3)
+
+
+# --- I/O requests -----------------------------------------------------------------------------
+# The decision logic is written once, as generators that yield what they need done (a script
+# call, a sleep) and receive the answer; a sync and an async driver run them.
+class _Eval(NamedTuple):
+    script: int
+    keys: list[str]
+    args: list[Any]
+
+
+class _Sleep(NamedTuple):
+    seconds: float
+
+
+_Op = _Eval | _Sleep
+_Flow = Generator[_Op, Any, T]
+
+
+class _Lease:
+    __slots__ = ("left", "member", "offset", "reset_at", "units", "until")
+
+    def __init__(
+        self, member: bytes, units: float, left: float, until: float, offset: float, reset: float
+    ) -> None:
+        self.member = member
+        self.units = units
+        self.left = left
+        self.until = until
+        self.offset = offset
+        self.reset_at = reset
+
+
+_CREDENTIALS: Final = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^@/\s]*@")
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without user, password or query (which may hold ``password=``)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+        if parts.username is not None or parts.password is not None:
+            netloc = f"***@{netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return _scrub(url.split("?", 1)[0])
+
+
+def _scrub(text: str) -> str:
+    return redact(_CREDENTIALS.sub(r"\1***@", text))
+
+
+class RedisRateLimiter:
+    """``rate`` units per ``period`` seconds per key, shared through Redis by every process.
+
+    See the module docstring for semantics, storage and outage behaviour.
+
+    Args:
+        redis_url: ``redis://[user:password@]host:port/db``, ``rediss://…`` or ``unix://…``.
+        rate, period, algorithm, burst: as for :class:`~flashkit.ratelimit.RateLimiter`.
+        key_prefix: prefix of every Redis key (``"flashkit:rl"``).
+        name: the limiter's name in keys, errors and logs; processes sharing a limit use the same
+            ``key_prefix``, ``name`` and settings.
+        on_unavailable: ``"fail_closed"`` (raise while Redis is unreachable) or
+            ``"local_fallback"`` (admit on a local limiter at ``rate / expected_processes``).
+        expected_processes: how many processes share the limit (sizes the fallback share).
+        fallback_hold: seconds to refuse after an outage starts before admitting locally
+            (default ``period + lease_duration``).
+        probe_interval: at most one attempt to reach Redis per this many seconds while it is
+            unreachable (1.0).
+        lease: units one round trip may take for this process (sliding window only; default
+            None: one round trip per decision).
+        lease_duration: seconds a lease may be used after its request was sent (0.1); also the
+            grace a grant may be used after the last contact with Redis (see the module docstring).
+        socket_timeout: seconds to wait for Redis (connect and reply) before calling it
+            unavailable (0.5).
+        clock: the local :class:`~flashkit.clock.Clock` for sleeping, leases and the fallback.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        rate: float,
+        period: float,
+        algorithm: Algorithm = "sliding_window",
+        burst: float | None = None,
+        *,
+        key_prefix: str = "flashkit:rl",
+        name: str = "redis",
+        on_unavailable: OnUnavailable = "fail_closed",
+        expected_processes: int = 1,
+        fallback_hold: float | None = None,
+        probe_interval: float = 1.0,
+        lease: float | None = None,
+        lease_duration: float = 0.1,
+        socket_timeout: float = 0.5,
+        clock: Clock | None = None,
+    ) -> None:
+        where = "RedisRateLimiter"
+        if not isinstance(redis_url, str) or not redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            shown = _safe_url(redis_url) if isinstance(redis_url, str) else repr(redis_url)
+            raise ValidationError(
+                f"{where}(redis_url={shown!r}): use redis://host:port/db, rediss://… or unix://…",
+                code="invalid_config",
+            )
+        self.url = _safe_url(redis_url)
+        self._url = redis_url
+        self.rate = _check_number(rate, f"{where} rate", "units per period, e.g. 60")
+        self.period = _check_number(period, f"{where} period", "seconds, e.g. 60.0")
+        if algorithm not in _ALGORITHMS:
+            raise ValidationError(
+                f"{where}(algorithm={algorithm!r}): unknown algorithm; use one of "
+                f"{list(_ALGORITHMS)}",
+                code="invalid_config",
+            )
+        self.algorithm: Algorithm = algorithm
+        self.burst = burst
+        if algorithm == "sliding_window":
+            if burst is not None:
+                raise ValidationError(
+                    f"{where}(algorithm='sliding_window', burst=...): a sliding window admits up "
+                    "to `rate` units at once already; `burst` applies to 'token_bucket' and 'gcra'",
+                    code="invalid_config",
+                )
+            self.max_count = self.rate
+        elif burst is None:
+            self.max_count = 1.0
+        else:
+            self.max_count = _check_number(burst, f"{where} burst", "the bucket size in units")
+            if self.max_count < 1.0:
+                raise ValidationError(
+                    f"{where}(burst={burst!r}): the bucket must hold at least one unit",
+                    code="invalid_config",
+                )
+        for label, text in (("key_prefix", key_prefix), ("name", name)):
+            if not isinstance(text, str) or not text:
+                raise ValidationError(
+                    f"{where}({label}={text!r}): must be a non-empty string", code="invalid_config"
+                )
+        self.key_prefix = key_prefix
+        self.name = name
+        if on_unavailable not in ("fail_closed", "local_fallback"):
+            raise ValidationError(
+                f"{where}(on_unavailable={on_unavailable!r}): use 'fail_closed' or "
+                "'local_fallback'",
+                code="invalid_config",
+            )
+        self.on_unavailable: OnUnavailable = on_unavailable
+        if (
+            isinstance(expected_processes, bool)
+            or not isinstance(expected_processes, int)
+            or expected_processes < 1
+        ):
+            raise ValidationError(
+                f"{where}(expected_processes={expected_processes!r}): an int >= 1, the number of "
+                "processes sharing this limit",
+                code="invalid_config",
+            )
+        self.expected_processes = expected_processes
+        self.lease_duration = _check_number(
+            lease_duration, f"{where} lease_duration", "seconds, e.g. 0.1"
+        )
+        self.probe_interval = _check_number(
+            probe_interval, f"{where} probe_interval", "seconds, e.g. 1.0"
+        )
+        self.socket_timeout = _check_number(
+            socket_timeout, f"{where} socket_timeout", "seconds, e.g. 0.5"
+        )
+        self._grace = self.lease_duration
+        self.fallback_hold = (
+            self.period + self._grace
+            if fallback_hold is None
+            else _check_number(
+                fallback_hold, f"{where} fallback_hold", "seconds, e.g. the period", allow_zero=True
+            )
+        )
+        self.lease: float | None = None
+        if lease is not None:
+            if algorithm != "sliding_window":
+                raise ValidationError(
+                    f"{where}(lease={lease!r}): leases need algorithm='sliding_window'",
+                    code="invalid_config",
+                )
+            units = _check_number(lease, f"{where} lease", "units per round trip, e.g. 10")
+            if not 1.0 <= units <= self.rate:
+                raise ValidationError(
+                    f"{where}(lease={lease!r}): a lease takes between 1 and rate={self.rate:g} "
+                    "units",
+                    code="invalid_config",
+                )
+            self.lease = units
+        self.clock = clock if clock is not None else default_clock()
+        self._now = self.clock.now
+
+        import redis
+        import redis.exceptions as rex
+
+        self._redis_version = redis.__version__
+        self._unavailable_errors: tuple[type[BaseException], ...] = (
+            rex.ConnectionError,  # also BusyLoadingError (a restarted server loading)
+            rex.TimeoutError,
+            rex.ReadOnlyError,  # a replica after a failover
+            rex.TryAgainError,
+            rex.ClusterDownError,  # also MasterDownError
+            OSError,
+        )
+        self._redis_errors: tuple[type[BaseException], ...] = (rex.RedisError, OSError)
+        self._config_errors: tuple[type[BaseException], ...] = (
+            rex.AuthenticationError,  # (a ConnectionError subclass: checked first)
+            rex.AuthorizationError,
+            rex.AuthenticationWrongNumberOfArgsError,
+            rex.NoPermissionError,
+        )
+
+        # Fallback: floor(rate / processes) per period (at least 1), same algorithm.
+        share = max(1, math.floor(self.rate / expected_processes))
+        self.fallback_rate = float(share)
+        self._fallback_units = (
+            float(min(self.rate, (expected_processes - 1) * share))
+            if algorithm == "sliding_window"
+            else 0.0
+        )
+        fallback_burst = None if burst is None else max(1.0, self.max_count / expected_processes)
+        self._fallback = RateLimiter(
+            share, self.period, algorithm, fallback_burst, clock=self.clock, name=f"{name}.fallback"
+        )
+
+        tag = "{" + f"{key_prefix}:{name}" + "}"
+        self._tag = tag
+        self._meta = f"{tag}:meta"
+        self._sources = self._script_sources()
+        self._sync: tuple[Any, tuple[Any, ...]] | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, Any, tuple[Any, ...]] | None = None
+        self._guard: AsyncGenerator[None, None] | None = None
+        self._lock = threading.Lock()
+        self._counters = _Counters()
+        self._round_trips = 0
+        self._ids = itertools.count()
+        self._client_id = uuid.uuid4().hex[:12]
+        # Epoch bookkeeping (see the module docstring).
+        self._epoch = b""
+        self._candidate = uuid.uuid4().hex
+        self._epoch_seen_at = -math.inf  # local send time of the latest call that saw _epoch
+        self._offset = math.nan  # server time - local clock, from the latest reply
+        self._last_ok_sent = -math.inf
+        # Outage state.
+        self._down = False
+        self._hold_until = -math.inf
+        self._next_probe = -math.inf
+        self._replays: deque[tuple[float, str, float]] = deque()  # (local time, key, units)
+        # Leases: key -> leases held; key -> (member, units kept) to give back; keys in flight.
+        self._leases: dict[str, list[_Lease]] = {}
+        self._returns: dict[str, list[tuple[bytes, float]]] = {}
+        self._lease_inflight: set[str] = set()
+        # Tests only: a stand-in for the server's TIME (scripts then run at its time).
+        self._server_clock: Callable[[], float] | None = None
+
+    def _script_sources(self) -> tuple[str, ...]:
+        """The scripts with this limiter's constants in place (Lua number literals)."""
+        if self.algorithm == "sliding_window":
+            p1, p2 = self.rate, self.period
+        elif self.algorithm == "gcra":
+            p1, p2 = self.period / self.rate, self.max_count
+        else:
+            p1, p2 = self.rate / self.period, self.max_count
+        values = {
+            "@GRACE@": self._grace,
+            "@P1@": p1,
+            "@P2@": p2,
+            "@FBU@": self._fallback_units,
+            "@LEASE_DURATION@": self.lease_duration,
+        }
+        sources = []
+        for source in _SCRIPTS[self.algorithm]:
+            for placeholder, value in values.items():
+                source = source.replace(placeholder, repr(float(value)))
+            sources.append(source)
+        return tuple(sources)
+
+    def __repr__(self) -> str:
+        burst = f", burst={self.burst}" if self.burst is not None else ""
+        lease = f", lease={self.lease:g}" if self.lease is not None else ""
+        return (
+            f"RedisRateLimiter({self.url!r}, {self.rate:g}, {self.period:g}, "
+            f"algorithm={self.algorithm!r}{burst}{lease}, name={self.name!r}, "
+            f"on_unavailable={self.on_unavailable!r})"
+        )
+
+    # --- clients ----------------------------------------------------------------------------
+    def _client_kwargs(self) -> dict[str, Any]:
+        # Retries: one, at once, and only when the connection broke (a pooled connection to a
+        # restarted server); never after a timeout, when the script may have run (a repeat after
+        # a broken connection can at worst charge twice: conservative).
+        return {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_timeout,
+        }
+
+    def _sync_handles(self) -> tuple[Any, tuple[Any, ...]]:
+        handles = self._sync
+        if handles is None:
+            import redis
+            import redis.exceptions
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            with self._lock:
+                if self._sync is None:
+                    client = redis.Redis.from_url(
+                        self._url,
+                        retry=Retry(NoBackoff(), 1, (redis.exceptions.ConnectionError,)),
+                        **self._client_kwargs(),
+                    )
+                    scripts = tuple(client.register_script(src) for src in self._sources)
+                    self._sync = (client, scripts)
+                handles = self._sync
+        return handles
+
+    def _async_handles(self) -> tuple[Any, tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        handles = self._async
+        if handles is None or handles[0] is not loop:
+            import redis.asyncio
+            import redis.exceptions
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            if handles is not None:
+                _abandon(handles[1])  # its loop ended without shutting down async generators
+            client = redis.asyncio.Redis.from_url(
+                self._url,
+                retry=Retry(NoBackoff(), 1, (redis.exceptions.ConnectionError,)),
+                **self._client_kwargs(),
+            )
+            scripts = tuple(client.register_script(src) for src in self._sources)
+            handles = self._async = (loop, client, scripts)
+            # The client belongs to this loop: close it there when the loop shuts down
+            # (asyncio.run finalizes live async generators before closing the loop).
+            guard = self._close_with_loop(client)
+            with contextlib.suppress(StopIteration):
+                guard.__anext__().send(None)  # runs to its yield at once: now a live agen
+            self._guard = guard
+        return handles[1], handles[2]
+
+    async def _close_with_loop(self, client: Any) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            if self._async is not None and self._async[1] is client:
+                self._async = None
+            await client.aclose()
+
+    def _eval_sync(self, op: _Eval) -> Any:
+        scripts = self._sync_handles()[1]
+        self._round_trips += 1
+        return scripts[op.script](keys=op.keys, args=op.args)
+
+    async def _eval_async(self, op: _Eval) -> Any:
+        scripts = self._async_handles()[1]
+        self._round_trips += 1
+        return await scripts[op.script](keys=op.keys, args=op.args)
+
+    def _drive_sync(self, flow: _Flow[T]) -> T:
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = flow.send(reply) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            reply = error = None
+            try:
+                if isinstance(op, _Eval):
+                    reply = self._eval_sync(op)
+                else:
+                    self.clock.sleep(op.seconds)
+            except BaseException as exc:  # the flow decides (refund, fallback, re-raise)
+                error = exc
+
+    async def _drive_async(self, flow: _Flow[T]) -> T:
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = flow.send(reply) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            reply = error = None
+            try:
+                if isinstance(op, _Eval):
+                    reply = await self._eval_async(op)
+                else:
+                    await self.clock.async_sleep(op.seconds)
+            except BaseException as exc:  # the flow decides (refund, fallback, re-raise)
+                error = exc
+
+    # --- public API -------------------------------------------------------------------------
+    def try_acquire(self, key: str = "default", count: float = 1) -> RateLimitResult:
+        """Admit ``count`` units for ``key`` now if the shared limit allows; never waits.
+
+        Also refuses while earlier callers are queued (first come, first served).
+        """
+        n = self._units(count, "try_acquire")
+        return self._drive_sync(self._decide(key, n, None, False)).result()
+
+    def try_acquire_detailed(self, key: str = "default", count: float = 1) -> RedisDecision:
+        """:meth:`try_acquire`, answered as a :class:`RedisDecision`."""
+        n = self._units(count, "try_acquire_detailed")
+        return self._drive_sync(self._decide(key, n, None, False))
+
+    async def try_acquire_async(self, key: str = "default", count: float = 1) -> RateLimitResult:
+        """Async twin of :meth:`try_acquire` (the round trip does not block the loop)."""
+        n = self._units(count, "try_acquire_async")
+        return (await self._drive_async(self._decide(key, n, None, False))).result()
+
+    async def try_acquire_detailed_async(
+        self, key: str = "default", count: float = 1
+    ) -> RedisDecision:
+        """Async twin of :meth:`try_acquire_detailed`."""
+        n = self._units(count, "try_acquire_detailed_async")
+        return await self._drive_async(self._decide(key, n, None, False))
+
+    async def acquire(
+        self, key: str = "default", count: float = 1, timeout: float | None = None
+    ) -> float:
+        """Wait until ``count`` units are admitted for ``key``; return the seconds waited.
+
+        Waiters are served in arrival order across processes. When the wait would exceed
+        ``timeout`` seconds, raises :class:`~flashkit.errors.RateLimitError` (``code="timeout"``)
+        at once, with ``retry_after``. If the waiting task is cancelled, its capacity is given
+        back.
+        """
+        n = self._units(count, "acquire")
+        return (await self._drive_async(self._decide(key, n, timeout, True))).waited
+
+    def acquire_sync(
+        self, key: str = "default", count: float = 1, timeout: float | None = None
+    ) -> float:
+        """Sync twin of :meth:`acquire` (blocks the calling thread)."""
+        n = self._units(count, "acquire_sync")
+        return self._drive_sync(self._decide(key, n, timeout, True)).waited
+
+    async def acquire_detailed(
+        self, key: str = "default", count: float = 1, timeout: float | None = None
+    ) -> RedisDecision:
+        """:meth:`acquire`, answered as a :class:`RedisDecision` (``server_time`` is when the
+        units count: the decision, or the reservation's due time)."""
+        n = self._units(count, "acquire_detailed")
+        return await self._drive_async(self._decide(key, n, timeout, True))
+
+    def acquire_detailed_sync(
+        self, key: str = "default", count: float = 1, timeout: float | None = None
+    ) -> RedisDecision:
+        """Sync twin of :meth:`acquire_detailed`."""
+        n = self._units(count, "acquire_detailed_sync")
+        return self._drive_sync(self._decide(key, n, timeout, True))
+
+    @property
+    def stats(self) -> LimiterStats:
+        """A :class:`~flashkit.ratelimit.LimiterStats` snapshot (this process's decisions)."""
+        with self._lock:
+            return self._counters.snapshot()
+
+    @property
+    def round_trips(self) -> int:
+        """Script calls this process has sent (about, under threads)."""
+        return self._round_trips
+
+    @property
+    def available(self) -> bool:
+        """False while this process considers Redis unreachable (failing closed or falling back)."""
+        return not self._down
+
+    def close(self) -> None:
+        """Give back unused lease units and close the sync connection (best effort)."""
+        if self._sync is not None:
+            try:
+                self._drive_sync(self._give_back_leases())
+            finally:
+                client, self._sync = self._sync[0], None
+                client.close()
+
+    async def aclose(self) -> None:
+        """Give back unused lease units and close both connections. (The async connection is
+        also closed when its event loop shuts down, e.g. at the end of ``asyncio.run``.)"""
+        if self._async is not None:
+            loop, client, _ = self._async
+            try:
+                if loop is asyncio.get_running_loop():
+                    await self._drive_async(self._give_back_leases())
+            finally:
+                self._async = None
+                guard, self._guard = self._guard, None
+                if loop is asyncio.get_running_loop() and guard is not None:
+                    await guard.aclose()  # closes the client
+                else:
+                    _abandon(client)
+        self.close()
+
+    def __enter__(self) -> RedisRateLimiter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> RedisRateLimiter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- the decision flow ------------------------------------------------------------------
+    def _units(self, count: float, where: str) -> float:
+        n = _check_count(count, f"{self.name}.{where}")
+        if n > self.max_count + _EPS:
+            what = (
+                f"the limit admits at most {self.rate:g} units per {self.period:g} s"
+                if self.algorithm == "sliding_window"
+                else f"the bucket holds {self.max_count:g} unit(s); pass burst >= {n:g} (not "
+                "strict) or use algorithm='sliding_window'"
+            )
+            raise ValidationError(
+                f"{self.name}: a request of {n:g} units can never be admitted: {what}",
+                code="request_too_large",
+                details={"count": n, "rate": self.rate, "period": self.period},
+            )
+        return n
+
+    def _prelude(self) -> list[Any]:
+        override = "" if self._server_clock is None else repr(float(self._server_clock()))
+        return [override, self._epoch, self._candidate]
+
+    def _keys(self, key: str) -> list[str]:
+        if self.algorithm == "sliding_window":
+            return [self._meta, f"{self._tag}:{key}:log", f"{self._tag}:{key}:st"]
+        return [self._meta, f"{self._tag}:{key}:st"]
+
+    def _saw(self, epoch: bytes, sent: float, server_now: float, received: float) -> None:
+        """Bookkeeping after every successful script call."""
+        if epoch != self._epoch:
+            self._epoch = epoch
+            if epoch == self._candidate.encode():
+                self._candidate = uuid.uuid4().hex
+        if sent > self._epoch_seen_at:
+            self._epoch_seen_at = sent
+        if sent > self._last_ok_sent:
+            self._last_ok_sent = sent
+        self._offset = server_now - (sent + received) / 2
+
+    def _decide(
+        self, key: str, n: float, timeout: float | None, wait_ok: bool
+    ) -> _Flow[RedisDecision]:
+        """One decision: lease, fallback or script; for ``acquire`` also the wait."""
+        now = self._now
+        started = now()
+        deadline = math.inf if timeout is None else started + max(0.0, float(timeout))
+        slept = 0.0
+        while True:
+            if self.lease is not None and self._leases.get(key):
+                taken = self._take_lease(key, n, wait_ok)
+                if taken is not None:
+                    return taken
+            if self._down:
+                route = self._route()
+                if route == _LOCAL:
+                    decision, naps = yield from self._fallback_decide(key, n, deadline, wait_ok)
+                    slept += naps
+                    if decision is None:
+                        continue
+                    if decision.allowed and wait_ok:
+                        with self._lock:
+                            self._counters.waited(slept)
+                    return decision._replace(waited=slept)
+                if route == _PROBE and self.on_unavailable == "local_fallback":
+                    try:
+                        yield from self._resume(key)
+                    except self._redis_errors as error:
+                        self._handle(error)
+                        continue
+            lease = 0.0
+            if self.lease is not None and key not in self._lease_inflight:
+                lease = self.lease
+                self._lease_inflight.add(key)
+            returns = self._returns.pop(key, None) if self._returns else None
+            member_id = f"{self._client_id}{next(self._ids)}"
+            max_wait = (deadline - now() if deadline < math.inf else math.inf) if wait_ok else 0.0
+            args = [
+                *self._prelude(),
+                repr(n),
+                _NO_LIMIT if max_wait == math.inf else repr(max(0.0, max_wait)),
+                member_id,
+                repr(lease),
+                0 if not returns else len(returns),
+            ]
+            if returns:
+                for member, kept in returns:
+                    args += [member, repr(kept)]
+            sent = now()
+            try:
+                reply = yield _Eval(_DECIDE, self._keys(key), args)
+            except self._redis_errors as error:
+                self._handle(error)
+                continue
+            finally:
+                if lease:
+                    self._lease_inflight.discard(key)
+            received = now()
+            server_now = float(reply[4])
+            epoch = reply[6]
+            self._saw(epoch, sent, server_now, received)
+            if self._down:
+                self._recovered()
+            allowed = reply[0] == 1
+            remaining = float(reply[1])
+            reset_at = received + float(reply[3]) - server_now
+            if not allowed:
+                retry_after = float(reply[2])
+                with self._lock:
+                    self._counters.rejected += 1
+                if wait_ok:
+                    raise self._timeout_error(key, n, retry_after, timeout)
+                return RedisDecision(
+                    False, remaining, retry_after, reset_at, math.nan, slept, "redis"
+                )
+            at = float(reply[5])
+            member = reply[7]
+            granted = float(reply[8])
+            if granted > 0.0 and granted - n > _EPS:
+                with self._lock:
+                    self._leases.setdefault(key, []).append(
+                        _Lease(
+                            member,
+                            granted,
+                            granted - n,
+                            sent + self.lease_duration,
+                            server_now - received,
+                            reset_at,
+                        )
+                    )
+            wait = at - server_now
+            if wait > 0.0:
+                try:
+                    yield _Sleep(wait)
+                except GeneratorExit:
+                    raise
+                except BaseException:
+                    yield from self._refund(key, member, n)
+                    raise
+                slept += wait
+                valid = yield from self._still_valid(epoch)
+                if not valid:
+                    continue  # the reservation was lost with the server's state: queue again
+            with self._lock:
+                counters = self._counters
+                counters.admitted += 1
+                counters.admitted_units += n
+                if wait_ok:
+                    counters.waited(slept)
+            return RedisDecision(True, remaining, 0.0, reset_at, at, slept, "redis")
+
+    def _take_lease(self, key: str, n: float, wait_ok: bool) -> RedisDecision | None:
+        now = self._now()
+        with self._lock:
+            leases = self._leases.get(key)
+            if not leases:
+                return None
+            hit = None
+            for lease in list(leases):
+                if now >= lease.until:
+                    leases.remove(lease)
+                    if lease.left > _EPS:
+                        self._returns.setdefault(key, []).append(
+                            (lease.member, lease.units - lease.left)
+                        )
+                elif hit is None and lease.left >= n - _EPS:
+                    lease.left -= n
+                    hit = lease
+            if not leases:
+                del self._leases[key]
+            if hit is None:
+                return None
+            counters = self._counters
+            counters.admitted += 1
+            counters.admitted_units += n
+            if wait_ok:
+                counters.waits[0] += 1
+        return RedisDecision(
+            True, max(0.0, hit.left), 0.0, hit.reset_at, now + hit.offset, 0.0, "lease"
+        )
+
+    def _still_valid(self, epoch: bytes) -> _Flow[bool]:
+        """After waiting for a reservation: is it still in the server's state?"""
+        if self._epoch != epoch:
+            return False
+        sent = self._now()
+        if self._epoch_seen_at >= sent - self._grace:
+            return True
+        try:
+            reply = yield _Eval(_CONFIRM_SCRIPT, [self._meta], self._prelude())
+        except self._redis_errors as error:
+            self._handle(error)
+            return False
+        self._saw(reply[1], sent, float(reply[0]), self._now())
+        return bool(reply[1] == epoch)
+
+    def _refund(self, key: str, member: bytes, n: float) -> _Flow[None]:
+        """Give a cancelled reservation back (best effort: Redis may be gone)."""
+        keys = self._keys(key)[1:]
+        args: list[Any] = [member, "0"] if self.algorithm == "sliding_window" else [member]
+        try:
+            reply = yield _Eval(_REFUND, keys, args)
+        except Exception:  # unreachable Redis: the entry ages out on its own
+            return
+        with self._lock:
+            if self.algorithm == "sliding_window":
+                self._counters.refunded += float(reply)
+            elif reply == b"1":
+                self._counters.refunded += n
+            else:  # later grants were computed with these units gone
+                self._counters.forfeited += n
+
+    def _give_back_leases(self) -> _Flow[None]:
+        """Return every lease's unused units now (at close)."""
+        if self.lease is None:
+            return
+        with self._lock:
+            for key, leases in self._leases.items():
+                for lease in leases:
+                    if lease.left > _EPS:
+                        self._returns.setdefault(key, []).append(
+                            (lease.member, lease.units - lease.left)
+                        )
+            self._leases.clear()
+            returns, self._returns = self._returns, {}
+        for key, pairs in returns.items():
+            args: list[Any] = []
+            for member, kept in pairs:
+                args += [member, repr(kept)]
+            try:
+                yield _Eval(_REFUND, self._keys(key)[1:], args)
+            except Exception:  # best effort: the entries age out on their own
+                return
+
+    # --- outages ----------------------------------------------------------------------------
+    def _unavailable(self, error: BaseException, retry_after: float) -> RateLimitError:
+        detail = _scrub(f"{type(error).__name__}: {error}")
+        return RateLimitError(
+            f"{self.name}: the rate limiter's Redis at {self.url} is unavailable ({detail}); "
+            "failing closed: nothing is admitted until it answers. Pass "
+            "on_unavailable='local_fallback' to admit on a local share of the limit meanwhile",
+            code="limiter_unavailable",
+            retryable=True,
+            retry_after=retry_after,
+            details={"url": self.url, "limiter": self.name},
+        )
+
+    def _handle(self, error: BaseException) -> None:
+        """A script call failed: raise what the caller should see, or (Redis unreachable) start
+        or continue the outage and return (raises too when failing closed)."""
+        if isinstance(error, self._config_errors):
+            raise self._script_error(error, "check the credentials and ACL permissions") from None
+        if isinstance(error, self._unavailable_errors):
+            self._failed(error)
+            return
+        raise self._script_error(
+            error, f"check that nothing else writes keys under {self._tag!r}"
+        ) from None
+
+    def _script_error(self, error: BaseException, hint: str) -> RateLimitError:
+        detail = _scrub(f"{type(error).__name__}: {error}")
+        return RateLimitError(
+            f"{self.name}: the rate limit script failed on Redis at {self.url} ({detail}); {hint}",
+            code="limiter_error",
+            retryable=False,
+            details={"url": self.url, "limiter": self.name},
+        )
+
+    def _timeout_error(
+        self, key: str, n: float, wait: float, timeout: float | None
+    ) -> RateLimitError:
+        return RateLimitError(
+            f"{self.name}: {n:g} units for key {key!r} would wait {wait:.3g} s, more than "
+            f"timeout={0.0 if timeout is None else timeout:g} s",
+            code="timeout",
+            details={"key": key, "count": n, "wait": wait},
+            retry_after=wait,
+        )
+
+    def _failed(self, error: BaseException) -> None:
+        """A call could not reach Redis: start (or continue) the outage; raise if failing closed."""
+        now = self._now()
+        with self._lock:
+            first = not self._down
+            if first:
+                self._down = True
+                self._hold_until = now + self.fallback_hold
+            self._next_probe = now + self.probe_interval
+        if first:
+            detail = _scrub(f"{type(error).__name__}: {error}")
+            if self.on_unavailable == "fail_closed":
+                then = "failing closed (nothing is admitted) until it answers"
+            else:
+                then = (
+                    f"refusing for {self.fallback_hold:g} s, then admitting up to "
+                    f"{self.fallback_rate:g} units per {self.period:g} s in this process until it "
+                    "answers"
+                )
+            logger.warning(
+                "%s: Redis at %s is unavailable (%s); %s", self.name, self.url, detail, then
+            )
+        if self.on_unavailable == "fail_closed":
+            raise self._unavailable(error, self.probe_interval) from None
+
+    def _route(self) -> int:
+        """While Redis is down: _PROBE when this call should try it (claiming the probe), _LOCAL
+        to decide locally (raises instead when failing closed); _GO once it is back."""
+        now = self._now()
+        with self._lock:
+            if not self._down:
+                return _GO
+            if now >= self._next_probe:
+                self._next_probe = now + self.probe_interval
+                return _PROBE
+            wait = self._next_probe - now
+        if self.on_unavailable == "fail_closed":
+            raise self._unavailable(ConnectionError("no answer since the last probe"), wait)
+        return _LOCAL
+
+    def _recovered(self) -> None:
+        with self._lock:
+            was_down, self._down = self._down, False
+        if was_down:
+            logger.info("%s: Redis at %s answers again; deciding there", self.name, self.url)
+
+    def _resume(self, key: str) -> _Flow[None]:
+        """Probe and resume: replay this process's local admissions, mark the others' shares."""
+        now = self._now()
+        # The others' holds started no earlier than our last successful call: if they have not
+        # ended by the time their probes reach Redis, nobody admitted locally.
+        marker = now + self.probe_interval > self._last_ok_sent + self.fallback_hold
+        first = True
+        replayed = 0
+        while True:
+            with self._lock:
+                batch = list(self._replays)
+                self._replays.clear()
+                if not batch and not first:
+                    was_down, self._down = self._down, False
+                    break
+            now = self._now()
+            horizon = self.period + self._grace
+            by_key: dict[str, list[Any]] = {}
+            for when, replay_key, units in batch:
+                if now - when < horizon:
+                    by_key.setdefault(replay_key, []).extend((repr(now - when), repr(units)))
+            if first and not by_key:
+                by_key[key] = []
+            try:
+                for replay_key, pairs in by_key.items():
+                    args = [
+                        *self._prelude(),
+                        repr(self.probe_interval) if first and marker else "",
+                        f"~rp{self._client_id}{next(self._ids)}",
+                        *pairs,
+                    ]
+                    sent = self._now()
+                    reply = yield _Eval(_RESUME, self._keys(replay_key), args)
+                    self._saw(reply[1], sent, float(reply[0]), self._now())
+                    first = False
+                replayed += len(batch)
+            except BaseException:
+                with self._lock:
+                    self._replays.extendleft(reversed(batch))
+                raise
+        if was_down:
+            logger.info(
+                "%s: Redis at %s answers again; replayed %d local admission(s), deciding there",
+                self.name,
+                self.url,
+                replayed,
+            )
+
+    def _fallback_decide(
+        self, key: str, n: float, deadline: float, wait_ok: bool
+    ) -> _Flow[tuple[RedisDecision | None, float]]:
+        """Decide on the local limiter, or wait for the hold / the next probe.
+
+        Returns (decision, seconds slept); decision None: go round again (probe or retry).
+        """
+        now = self._now()
+        hold = self._hold_until - now
+        to_probe = max(0.0, self._next_probe - now)
+        limiter = self._fallback
+        if n > limiter.max_count + _EPS:  # more than the local share: only Redis can admit it
+            hold = max(hold, to_probe, 1e-3)
+        if hold > 0.0:
+            if not wait_ok or now + hold > deadline + _EPS:
+                with self._lock:
+                    self._counters.rejected += 1
+                if wait_ok:
+                    raise self._timeout_error(key, n, hold, deadline - now)
+                return RedisDecision(False, 0.0, hold, now + hold, math.nan, 0.0, "fallback"), 0.0
+            nap = max(min(hold, to_probe), 1e-3)
+            yield _Sleep(nap)
+            return None, nap
+        if not wait_ok:
+            result = limiter.try_acquire(key, n)
+            with self._lock:
+                if result.allowed:
+                    self._remember(now, key, n)
+                    self._counters.admitted += 1
+                    self._counters.admitted_units += n
+                else:
+                    self._counters.rejected += 1
+            server_time = now + self._offset if result.allowed else math.nan
+            decision = RedisDecision(
+                result.allowed,
+                result.remaining,
+                result.retry_after,
+                result.reset_at,
+                server_time,
+                0.0,
+                "fallback",
+            )
+            return decision, 0.0
+        # No local admission past the next probe: Redis may be back by then.
+        try:
+            reservation = limiter.reserve(key, n, max(0.0, min(deadline, self._next_probe) - now))
+        except RateLimitError as error:
+            wait = error.retry_after or 0.0
+            if now + wait <= deadline + _EPS:  # it would fit the timeout: probe first
+                nap = max(to_probe, 1e-3)
+                yield _Sleep(nap)
+                return None, nap
+            with self._lock:
+                self._counters.rejected += 1
+            raise self._timeout_error(key, n, wait, deadline - now) from None
+        entry = (reservation.execute_at, key, n)
+        with self._lock:
+            self._remember(*entry)
+        wait = max(0.0, reservation.execute_at - now)
+        if wait > 0.0:
+            try:
+                yield _Sleep(wait)
+            except GeneratorExit:
+                raise
+            except BaseException:
+                reservation.cancel()
+                with self._lock:
+                    if entry in self._replays:
+                        self._replays.remove(entry)
+                raise
+        reservation.use()
+        with self._lock:
+            self._counters.admitted += 1
+            self._counters.admitted_units += n
+        decision = RedisDecision(
+            True,
+            limiter.remaining(key),
+            0.0,
+            reservation.execute_at + self.period,
+            reservation.execute_at + self._offset,
+            wait,
+            "fallback",
+        )
+        return decision, wait
+
+    def _remember(self, when: float, key: str, n: float) -> None:
+        """Keep a local admission for the replay (lock held); forget those too old to matter."""
+        replays = self._replays
+        replays.append((when, key, n))
+        horizon = when - self.period - self._grace
+        while replays and replays[0][0] < horizon:
+            replays.popleft()
+
+
+def _abandon(client: Any) -> None:
+    """Close an asyncio client's sockets without its (gone) event loop."""
+    pool = getattr(client, "connection_pool", None)
+    for attr in ("_available_connections", "_in_use_connections"):
+        for connection in list(getattr(pool, attr, ()) or ()):
+            try:
+                connection._close()
+            except Exception:  # noqa: S112 - best effort on a dead loop
+                continue
