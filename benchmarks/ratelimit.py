@@ -11,8 +11,13 @@ Three parts (times are real here, not virtual: this measures cost and real admis
    loop on ``hit()`` and sleep until ``get_window_stats().reset_time`` (at least 2 ms).
 3. Sharding under threads: 8 threads calling ``try_acquire`` on one ``RateLimiter`` against a
    ``ShardedRateLimiter`` with 8 shards.
+4. Redis decisions per second (``FLASHKIT_REDIS_URL``, default the local server), from one
+   process and from 4 at once: a bare ``EVALSHA`` of ``return 1`` (the one-round-trip floor),
+   ``limits``' Redis moving window, and ``RedisRateLimiter`` per decision (sliding window and
+   gcra) and in lease mode (10 units per round trip). Each process loops ``try_acquire`` on one
+   key with a limit it never reaches.
 
-    python benchmarks/ratelimit.py [--quick] [--json out.json]
+    python benchmarks/ratelimit.py [--quick] [--json out.json] [--no-redis]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import threading
@@ -204,8 +210,82 @@ def run_sharding(*, quick: bool, threads: int = 8) -> list[dict[str, Any]]:
     return rows
 
 
+# --- 4. Redis decisions per second ----------------------------------------------------------
+REDIS_MODES = (
+    "floor: EVALSHA return 1",
+    "limits MovingWindow (Redis)",
+    "flashkit per decision (sliding_window)",
+    "flashkit per decision (gcra)",
+    "flashkit lease mode (10 units per round trip)",
+)
+
+
+def _redis_decider(mode: str, url: str, prefix: str) -> Callable[[], Any]:
+    if mode == REDIS_MODES[0]:
+        import redis
+
+        script = redis.Redis.from_url(url).register_script("return 1")
+        return lambda: script()
+    if mode == REDIS_MODES[1]:
+        item = limits.RateLimitItemPerMinute(HUGE)
+        strategy = limits.strategies.MovingWindowRateLimiter(limits.storage.RedisStorage(url))
+        return lambda: strategy.hit(item, prefix)
+    from flashkit import RedisRateLimiter
+
+    if mode == REDIS_MODES[2]:
+        return RedisRateLimiter(url, HUGE, 60.0, key_prefix=prefix).try_acquire
+    if mode == REDIS_MODES[3]:
+        return RedisRateLimiter(url, HUGE, 60.0, "gcra", HUGE, key_prefix=prefix).try_acquire
+    return RedisRateLimiter(url, HUGE, 60.0, key_prefix=prefix, lease=10).try_acquire
+
+
+def redis_worker(mode: str, url: str, prefix: str, seconds: float) -> int:
+    """Connect, say "ready", wait for "go" on stdin, then count decisions for ``seconds``."""
+    decide = _redis_decider(mode, url, prefix)
+    decide()  # connect and load the script before the clock starts
+    print("ready", flush=True)
+    sys.stdin.readline()
+    end = time.perf_counter() + seconds
+    count = 0
+    while time.perf_counter() < end:
+        for _ in range(20):
+            decide()
+        count += 20
+    return count
+
+
+def run_redis(*, quick: bool, url: str) -> list[dict[str, Any]]:
+    import subprocess
+    import uuid
+
+    seconds = 1.0 if quick else 3.0
+    rows = []
+    for mode in REDIS_MODES:
+        row: dict[str, Any] = {"mode": mode}
+        for processes in (1, 4):
+            prefix = f"flashkit-bench:{uuid.uuid4().hex}"
+            command = [sys.executable, __file__, "--redis-worker", mode, url, prefix, repr(seconds)]
+            workers = [
+                subprocess.Popen(  # noqa: S603 - our own script, our own arguments
+                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                )
+                for _ in range(processes)
+            ]
+            for worker in workers:  # all connected and warm before any starts counting
+                assert worker.stdout is not None
+                worker.stdout.readline()
+            for worker in workers:
+                assert worker.stdin is not None
+                worker.stdin.write("go\n")
+                worker.stdin.flush()
+            counts = [int(w.communicate()[0].strip().splitlines()[-1]) for w in workers]
+            row[f"{processes} process{'es' if processes > 1 else ''}"] = sum(counts) / seconds
+        rows.append(row)
+    return rows
+
+
 # --- running and reporting --------------------------------------------------------------------
-def run_all(*, quick: bool = False) -> dict[str, Any]:
+def run_all(*, quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
     target = 0.01 if quick else 0.08
     repeat = 3 if quick else 7
     loop = asyncio.new_event_loop()
@@ -252,12 +332,33 @@ def run_all(*, quick: bool = False) -> dict[str, Any]:
             "met": default["max_in_1s_worst"] <= 200,
         }
     )
+    redis_rows = run_redis(quick=quick, url=redis_url) if redis_url else []
+    if redis_rows:
+        by_mode = {row["mode"]: row["1 process"] for row in redis_rows}
+        peer = by_mode["limits MovingWindow (Redis)"]
+        per_decision = by_mode["flashkit per decision (sliding_window)"]
+        lease = by_mode["flashkit lease mode (10 units per round trip)"]
+        targets.append(
+            {
+                "target": "Redis per decision >= limits MovingWindow (ratio, 1 process)",
+                "value": per_decision / peer,
+                "met": per_decision >= peer,
+            }
+        )
+        targets.append(
+            {
+                "target": "Redis lease mode >= 1.5x limits MovingWindow (ratio, 1 process)",
+                "value": lease / peer,
+                "met": lease >= 1.5 * peer,
+            }
+        )
     return {
         "python": sys.version.split()[0],
         "quick": quick,
         "cost": cost,
         "burst": burst_rows,
         "sharding": run_sharding(quick=quick),
+        "redis": redis_rows,
         "targets": targets,
     }
 
@@ -284,6 +385,14 @@ def format_report(result: dict[str, Any]) -> str:
         f"   sharded {r['ShardedRateLimiter(8) ops/s']:>12,.0f}"
         for r in result["sharding"]
     )
+    if result["redis"]:
+        lines.append("")
+        lines.append("Redis decisions per second (sum over processes)")
+        lines.extend(
+            f"    {r['mode']:<48} 1 process {r['1 process']:>9,.0f}   4 processes "
+            f"{r['4 processes']:>9,.0f}"
+            for r in result["redis"]
+        )
     lines.append("")
     for t in result["targets"]:
         value = t.get("value_ns", t.get("value"))
@@ -297,8 +406,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--no-redis", action="store_true", help="skip the Redis part")
+    parser.add_argument("--redis-worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    result = run_all(quick=args.quick)
+    if args.redis_worker:
+        mode, url, prefix, seconds = args.redis_worker
+        print(redis_worker(mode, url, prefix, float(seconds)))
+        return 0
+    url = (
+        None if args.no_redis else os.environ.get("FLASHKIT_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    result = run_all(quick=args.quick, redis_url=url)
     print(format_report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -982,11 +982,12 @@ class RateLimiter:
 
         A loop that wakes a waiter late (busy, or many waiters due together) would otherwise let
         units granted for ``e`` go out at ``e + lateness`` while the next window's grants go out
-        on time: an upstream would see more than ``rate`` in a window. For the sliding window the
-        grant moves to ``now`` and is checked against what was used in ``(now - period, now]``;
-        if that window cannot hold it (others were late too), it queues again. Every real use is
-        so checked against all real uses before it: the window guarantee holds for actual use
-        times, not only for scheduled ones. Returns ``(delay, handle, due)``; delay 0.0 = go.
+        on time: an upstream would see more than ``rate`` in a window. For the sliding window
+        every waking grant is checked against what was used in ``(now - period, now]`` and, when
+        late, moves to ``now``; if that window cannot hold it (others were late), it queues again.
+        Every real use is so checked against all real uses before it: the window guarantee holds
+        for actual use times, not only for scheduled ones. Returns ``(delay, handle, due)``;
+        delay 0.0 = go.
         (Bucket algorithms keep their schedule: lateness can compress their spacing by as much.)
         """
         now = self._now()
@@ -994,22 +995,30 @@ class RateLimiter:
             return 0.0, handle, due
         with self._lock:
             entry = handle
-            if entry[2] and now - entry[0] <= self._quantum:
-                return 0.0, entry, due  # on time
             algo = self._algo
+            on_time = bool(entry[2]) and now - entry[0] <= self._quantum
             if entry[2]:
                 take = min(n, entry[1])
                 entry[1] -= take
                 state.total -= take
             algo.prune(state, now)
-            # Only what is used up to now counts here: a later grant scheduled against this
-            # one's old time checks again when *it* wakes (earlier waiters keep priority).
+            # What is used up to now (others' grants due by now included). Later grants do not
+            # count here: each checks again when *it* wakes, so an earlier waiter keeps priority
+            # and a grant that was scheduled against an entry that has since moved later (its
+            # waiter woke late) is caught, even when it wakes on time itself.
+            # An on-time waiter is checked at its own slot (a stub clock may wake it early).
+            at = max(now, entry[0]) if on_time else now
             used = 0.0
             for when, units, _alive in state.entries:
-                if when > now:
+                if when > at:
                     break
-                used += units
+                if when > at - self.period:
+                    used += units
             if used + n <= self.rate + _EPS:
+                if on_time:  # put the units back where they were
+                    entry[1] += n
+                    state.total += n
+                    return 0.0, entry, due
                 moved = [now, n, True]
                 entries = state.entries
                 index = len(entries)

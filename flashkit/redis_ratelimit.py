@@ -24,7 +24,8 @@ What is different:
   ``acquire_detailed``) also gives ``server_time``: the server time the admitted units count at.
 - **Storage.** All keys of one limiter share the hash tag ``{key_prefix:name}`` (one Redis Cluster
   slot). Per limit key: ``{…}:<key>:log`` (sliding window: a sorted set of entries
-  ``"<id>:<units>"`` scored by server time) or ``{…}:<key>:st`` (a hash: the log's total, the FIFO
+  ``"<id>:<units>"`` scored by server time, a reservation's id marked ``+`` (firm) or ``&``
+  (provisional) until it is known to be used) or ``{…}:<key>:st`` (a hash: the log's total, the FIFO
   tail and the latest score; or the bucket level / the GCRA theoretical arrival time), expiring
   once they no longer matter. Per limiter: ``{…}:meta`` (a hash with no expiry: the epoch token).
 - **Leases** (``lease=k``, sliding window only): one round trip takes up to ``k`` units; this
@@ -38,6 +39,29 @@ What is different:
   ``x - period < u <= grant + lease_duration``, so the lease's entry is counted. Unused units of an
   expired lease are given back on the next round trip for that key (or at ``close()``). A lease
   never moves the FIFO tail, and is only granted when nobody is queued.
+- **Confirm on wake** (sliding window, as :class:`~flashkit.ratelimit.RateLimiter` does): a
+  waiter's units count from when they are really used, not from when they were due. An event
+  loop can wake a waiter late (busy, or many waiters due together); counted at its due time
+  while the next window's grants go out on time, the upstream would see more than ``rate`` in a
+  window. So a waiter woken more than a tolerance after its due time (this process's best
+  estimate of server time: the tightest round trip seen) makes one more round trip, which also
+  does the restart check below: its entry leaves its slot and goes at the server's ``now`` if
+  every window holding ``now`` has room, counting what is used up to now and the firm
+  reservations after it; else at the earliest time that has room (it sleeps again), or, past
+  ``timeout``, it fails with ``code="timeout"``. ``server_time`` is then that time. The
+  tolerance is ``max(2 ms, period / 1024)``: an asyncio timer fires up to ~1 ms late and a
+  sleep starts when the reply arrives, half a round trip after the decision; a use may lag its
+  count by that much (plus, for a grant decided by a round trip, that reply's delivery, which
+  no server-side limiter sees). A waiter woken on time pays no extra round trip, unless its
+  reservation is *provisional*: made more than ``period - margin`` ahead (``margin =
+  max(period / 8, 2 * tolerance)``) on room left by another reservation due within ``margin``
+  before, which may still be used late and move into its window. Such a reservation yields to
+  that earlier waiter and checks again when it wakes (so does any check: the room it relied on
+  may be gone); a firm one is never moved over (a late waiter that would need its room waits
+  for the next that fits). (A check of only what is used up to now would let a reservation
+  made more than a period ahead go out on time in a window a late waiter ahead of it moved
+  into.) ``token_bucket`` and ``gcra`` keep their schedule: lateness can compress the spacing
+  of their uses by as much.
 
 Outages (Redis down, restarted, flushed). The argument below assumes every process of a limiter is
 built with the same settings, at most ``expected_processes`` of them, and round trips shorter than
@@ -123,6 +147,8 @@ Source = Literal["redis", "lease", "fallback"]
 
 _ALGORITHMS: Final = ("sliding_window", "token_bucket", "gcra")
 _EPS: Final = 1e-9
+_DRIFT: Final = 1e-4  # how fast two clocks may drift apart (s/s), ageing offset bounds
+_SCAN: Final = 4096  # entries (and candidate times) a wake's search reads at most
 _NO_LIMIT: Final = "1e18"  # "no max_wait" in a script argument (Lua's tonumber has no inf)
 
 
@@ -132,7 +158,8 @@ class RedisDecision(NamedTuple):
     ``allowed``, ``remaining``, ``retry_after``, ``reset_at`` as in
     :class:`~flashkit.ratelimit.RateLimitResult` (``reset_at`` on this process's ``clock``).
     ``server_time``: Redis server time (Unix seconds) at which the admitted units count: the
-    decision's ``TIME``, or for a waited ``acquire`` the time its reservation came due; estimated
+    decision's ``TIME``, or for a waited ``acquire`` the time its reservation came due (sliding
+    window: or, when it confirmed on waking, the ``TIME`` of that check); estimated
     from this process's clock (within a round trip) when ``source`` is ``"lease"`` or
     ``"fallback"``; NaN when refused (or, for a fallback admission, when this process has never
     reached the server). ``waited``: seconds the call slept. ``source``: who decided:
@@ -238,6 +265,55 @@ if fb_until and fbu > 0 and now < fb_until + period then
 end
 """
 
+# The earliest time ``n`` more units fit, behind the FIFO tail (for a grant or a reservation).
+_SW_EARLIEST: Final = """
+local function earliest(n)
+  local at = now
+  if tail > now then at = tail end
+  local excess = total + n - rate
+  if excess > 1e-9 then
+    -- the earliest time the oldest entries have left enough room (entries in score order)
+    -- (read in growing chunks: usually the oldest entry alone frees enough)
+    local freed = 0
+    local idx = 0
+    local size = 2
+    local found = nil
+    while not found do
+      local chunk = redis.call('ZRANGE', log, idx, idx + size - 1, 'WITHSCORES')
+      if #chunk == 0 then break end
+      for i = 1, #chunk, 2 do
+        freed = freed + units(chunk[i])
+        if freed >= excess - 1e-9 then
+          found = tonumber(chunk[i + 1]) + period
+          break
+        end
+      end
+      idx = idx + size
+      size = size * 4
+    end
+    found = found or (at + period)
+    if found > at then at = found end
+  end
+  return at
+end
+-- The member of a reservation at `at`: '+' (firm) or '&' (provisional: it re-checks when it
+-- wakes, and waiters ahead of it that wake late may take its room meanwhile). Provisional when
+-- it relies on the room of a reservation due within @MARGIN@ s before now (entries scored up to
+-- at - period leave its window; that one may still be used late and move into it).
+local function reservation(at, id, units_text)
+  if at - now > @PROVISIONAL@ then
+    local near = redis.call('ZRANGEBYSCORE', log, '(' .. fmt(now - @MARGIN@), fmt(at - period),
+                            'LIMIT', 0, @SCAN@)
+    if #near >= @SCAN@ then return '&' .. id .. ':' .. units_text end
+    for i = 1, #near do
+      local c = string.sub(near[i], 1, 1)
+      if c == '+' or c == '&' then return '&' .. id .. ':' .. units_text end
+    end
+  end
+  return '+' .. id .. ':' .. units_text
+end
+"""
+
 _SW_SAVE: Final = """
 if dirty then
   redis.call('HSET', st, 'total', total, 'tail', tail, 'hi', hi)
@@ -254,6 +330,7 @@ end
 _SW_DECIDE: Final = (
     _PRELUDE
     + _SW_LOAD
+    + _SW_EARLIEST
     + """
 local j = 9
 for i = 1, tonumber(ARGV[8]) do
@@ -274,33 +351,7 @@ end
 local n = tonumber(ARGV[4])
 local max_wait = tonumber(ARGV[5])
 local lease = tonumber(ARGV[7])
-local start = now
-if tail > now then start = tail end
-local at = start
-local excess = total + n - rate
-if excess > 1e-9 then
-  -- the earliest time the oldest entries have left enough room (entries in score order)
-  -- (read in growing chunks: usually the oldest entry alone frees enough)
-  local freed = 0
-  local idx = 0
-  local size = 2
-  local found = nil
-  while not found do
-    local chunk = redis.call('ZRANGE', log, idx, idx + size - 1, 'WITHSCORES')
-    if #chunk == 0 then break end
-    for i = 1, #chunk, 2 do
-      freed = freed + units(chunk[i])
-      if freed >= excess - 1e-9 then
-        found = tonumber(chunk[i + 1]) + period
-        break
-      end
-    end
-    idx = idx + size
-    size = size * 4
-  end
-  found = found or (start + period)
-  if found > at then at = found end
-end
+local at = earliest(n)
 local allowed = 0
 local retry_after = 0
 local member = ''
@@ -317,6 +368,7 @@ if at <= now and lease > 0 then
   dirty = true
 elseif at - now <= max_wait + 1e-9 then
   member = ARGV[6] .. ':' .. ARGV[4]
+  if at > now then member = reservation(at, ARGV[6], ARGV[4]) end
   redis.call('ZADD', log, at, member)
   total = total + n
   if at > now then tail = at end
@@ -335,6 +387,134 @@ local reset = hi + period
 if reset < now then reset = now end
 return {allowed, fmt(remaining), fmt(retry_after), fmt(reset), fmt(now), fmt(at), epoch, member,
         fmt(granted)}
+"""
+)
+
+# A sliding-window waiter woke (see RedisRateLimiter._wait_turn): ARGV[4] n, ARGV[5] max_wait,
+# ARGV[6] its member, ARGV[7] its due time, ARGV[8] the epoch it was reserved in. A firm
+# reservation, still there, woken within @TOLERANCE@ s of its due time stands. Otherwise its units
+# count from now: the member leaves its slot and takes the earliest time x >= now at which every
+# window holding x has room, counting what is used up to now (due grants too) and the firm grants
+# after it; provisional ones ('&': reserved more than @PROVISIONAL@ s ahead) check again when they
+# wake, so this earlier waiter goes first. The search is bounded (@SCAN@ entries read, as many
+# candidate times): past that, or when nothing fits sooner, it queues behind the FIFO tail, which
+# counts every entry. Refused when x is more than max_wait away. Same reply as decide.
+_SW_WAKE: Final = (
+    _PRELUDE
+    + _SW_LOAD
+    + _SW_EARLIEST
+    + """
+local n = tonumber(ARGV[4])
+local max_wait = tonumber(ARGV[5])
+local member = ARGV[6]
+local id = string.match(member, '^[+&]?(.*):[^:]*$')
+local sc = redis.call('ZSCORE', log, member)
+local at = now
+local allowed = 0
+local retry_after = 0
+if sc and string.sub(member, 1, 1) ~= '&' and epoch == ARGV[8]
+    and now - tonumber(ARGV[7]) <= @TOLERANCE@ then
+  at = tonumber(sc)  -- it stands, now known to be used: settled (no mark)
+  redis.call('ZREM', log, member)
+  member = id .. ':' .. ARGV[4]
+  redis.call('ZADD', log, at, member)
+  allowed = 1
+else
+  if sc then
+    redis.call('ZREM', log, member)
+    total = total - n
+    if total < 0 then total = 0 end
+    dirty = true
+  end
+  at = earliest(n)
+  if at > now then
+    -- counted: every entry up to now (cumulative units by score), and the firm ones after now
+    local later = redis.call('ZRANGEBYSCORE', log, '(' .. fmt(now), '+inf', 'WITHSCORES')
+    local used = total
+    local fs, fc = {}, {}
+    for i = 1, #later, 2 do
+      local u = units(later[i])
+      used = used - u
+      if string.sub(later[i], 1, 1) ~= '&' then
+        fs[#fs + 1] = tonumber(later[i + 1])
+        fc[#fc + 1] = (fc[#fc] or 0) + u
+      end
+    end
+    local old = redis.call('ZRANGEBYSCORE', log, '-inf', fmt(now), 'WITHSCORES', 'LIMIT', 0,
+                           @SCAN@)
+    local ps, pc = {}, {}
+    for i = 1, #old, 2 do
+      ps[#ps + 1] = tonumber(old[i + 1])
+      pc[#pc + 1] = (pc[#pc] or 0) + units(old[i])
+    end
+    local function count(s, y)  -- how many of the sorted scores s are <= y
+      local lo, hi = 0, #s
+      while lo < hi do
+        local mid = math.floor((lo + hi + 1) / 2)
+        if s[mid] <= y then lo = mid else hi = mid - 1 end
+      end
+      return lo
+    end
+    local function upto(s, c, y)  -- units of the entries scored <= y (of those read)
+      return c[count(s, y)] or 0
+    end
+    local function held(w)  -- counted units in (w - period, w], for w >= now
+      return used - upto(ps, pc, w - period) + upto(fs, fc, w) - upto(fs, fc, w - period)
+    end
+    local budget = @SCAN@
+    local function fits(x)  -- every window [t, t + period) holding x ends at x or at a firm f
+      if held(x) + n > rate + 1e-9 then return false end
+      for k = count(fs, x) + 1, #fs do
+        if fs[k] >= x + period then break end
+        budget = budget - 1
+        if budget < 0 or held(fs[k]) + n > rate + 1e-9 then return false end
+      end
+      return true
+    end
+    -- candidates: now, then each time a counted entry leaves the window (x = score + period)
+    local i, k = 1, 1
+    local x = now
+    while x < at and budget > 0 do
+      budget = budget - 1
+      if fits(x) then
+        at = x
+        break
+      end
+      local a, b = ps[i], fs[k]
+      if a and (not b or a <= b) then
+        x = a + period
+        i = i + 1
+      elseif b then
+        x = b + period
+        k = k + 1
+      else
+        break
+      end
+    end
+  end
+  if at - now <= max_wait + 1e-9 then
+    member = id .. ':' .. ARGV[4]
+    if at > now then member = reservation(at, id, ARGV[4]) end
+    redis.call('ZADD', log, at, member)
+    total = total + n
+    if at > tail then tail = at end
+    if at > hi then hi = at end
+    allowed = 1
+    dirty = true
+  else
+    member = ''
+    retry_after = at - now
+  end
+end
+"""
+    + _SW_SAVE
+    + """
+local remaining = rate - total
+if tail > now or remaining < 0 then remaining = 0 end
+local reset = hi + period
+if reset < now then reset = now end
+return {allowed, fmt(remaining), fmt(retry_after), fmt(reset), fmt(now), fmt(at), epoch, member,
+        '0'}
 """
 )
 
@@ -548,11 +728,11 @@ return {fmt(now), epoch}
 _CONFIRM: Final = _PRELUDE + "return {fmt(now), epoch}\n"
 
 _SCRIPTS: Final = {
-    "sliding_window": (_SW_DECIDE, _SW_REFUND, _SW_RESUME, _CONFIRM),
+    "sliding_window": (_SW_DECIDE, _SW_REFUND, _SW_RESUME, _CONFIRM, _SW_WAKE),
     "token_bucket": (_TB_DECIDE, _BUCKET_REFUND, _TB_RESUME, _CONFIRM),
     "gcra": (_GCRA_DECIDE, _BUCKET_REFUND, _GCRA_RESUME, _CONFIRM),
 }
-_DECIDE, _REFUND, _RESUME, _CONFIRM_SCRIPT = range(4)
+_DECIDE, _REFUND, _RESUME, _CONFIRM_SCRIPT, _WAKE = range(5)
 _GO, _PROBE, _LOCAL = range(3)
 
 
@@ -728,6 +908,10 @@ class RedisRateLimiter:
             socket_timeout, f"{where} socket_timeout", "seconds, e.g. 0.5"
         )
         self._grace = self.lease_duration
+        # Confirm on wake (see _wait_turn): how late a waiter may use its grant without asking
+        # again, and how far ahead a reservation is provisional (re-checked when it wakes).
+        self._tolerance = max(2e-3, self.period / 1024)
+        self._margin = max(self.period / 8, 2 * self._tolerance)
         self.fallback_hold = (
             self.period + self._grace
             if fallback_hold is None
@@ -796,6 +980,9 @@ class RedisRateLimiter:
         self._lock = threading.Lock()
         self._counters = _Counters()
         self._round_trips = 0
+        # Wakes of sliding-window waiters: on time (no round trip), stood after a round trip,
+        # moved to the server's now, queued again, refused (timeout).
+        self._wakes = [0, 0, 0, 0, 0]
         self._ids = itertools.count()
         self._client_id = uuid.uuid4().hex[:12]
         # Epoch bookkeeping (see the module docstring).
@@ -803,6 +990,7 @@ class RedisRateLimiter:
         self._candidate = uuid.uuid4().hex
         self._epoch_seen_at = -math.inf  # local send time of the latest call that saw _epoch
         self._offset = math.nan  # server time - local clock, from the latest reply
+        self._bounds = (-math.inf, math.inf, 0.0)  # its tightest bounds, and when (local clock)
         self._last_ok_sent = -math.inf
         # Outage state.
         self._down = False
@@ -825,6 +1013,10 @@ class RedisRateLimiter:
         else:
             p1, p2 = self.rate / self.period, self.max_count
         values = {
+            "@TOLERANCE@": self._tolerance,
+            "@PROVISIONAL@": self.period - self._margin,
+            "@MARGIN@": self._margin,
+            "@SCAN@": _SCAN,
             "@GRACE@": self._grace,
             "@P1@": p1,
             "@P2@": p2,
@@ -1007,7 +1199,8 @@ class RedisRateLimiter:
         self, key: str = "default", count: float = 1, timeout: float | None = None
     ) -> RedisDecision:
         """:meth:`acquire`, answered as a :class:`RedisDecision` (``server_time`` is when the
-        units count: the decision, or the reservation's due time)."""
+        units count: the decision, the reservation's due time, or the time a late or
+        provisional waiter confirmed on waking)."""
         n = self._units(count, "acquire_detailed")
         return await self._drive_async(self._decide(key, n, timeout, True))
 
@@ -1119,6 +1312,21 @@ class RedisRateLimiter:
         if sent > self._last_ok_sent:
             self._last_ok_sent = sent
         self._offset = server_now - (sent + received) / 2
+        # The server - local offset is in [server_now - received, server_now - sent]. Keep the
+        # tightest such interval (widened as it ages, for the clocks' drift), unless a new one
+        # contradicts it (the server's clock was set): lateness is judged from its middle.
+        low, high = server_now - received, server_now - sent
+        best_low, best_high, best_at = self._bounds
+        slack = (received - best_at) * _DRIFT
+        best_low -= slack
+        best_high += slack
+        if high - low <= best_high - best_low or high < best_low or low > best_high:
+            self._bounds = (low, high, received)
+
+    def _server_offset(self) -> float:
+        """Server time - local clock, as well as this process knows it (see ``_saw``)."""
+        low, high, _ = self._bounds
+        return (low + high) / 2
 
     def _decide(
         self, key: str, n: float, timeout: float | None, wait_ok: bool
@@ -1211,7 +1419,15 @@ class RedisRateLimiter:
                         )
                     )
             wait = at - server_now
-            if wait > 0.0:
+            if wait > 0.0 and self.algorithm == "sliding_window":
+                woken = yield from self._wait_turn(
+                    key, n, timeout, deadline, (member, epoch, at, wait, remaining, reset_at)
+                )
+                if woken is None:
+                    continue  # Redis failed when it woke: decide again (fallback or raise)
+                naps, at, remaining, reset_at = woken
+                slept += naps
+            elif wait > 0.0:
                 try:
                     yield _Sleep(wait)
                 except GeneratorExit:
@@ -1230,6 +1446,88 @@ class RedisRateLimiter:
                 if wait_ok:
                     counters.waited(slept)
             return RedisDecision(True, remaining, 0.0, reset_at, at, slept, "redis")
+
+    def _wait_turn(
+        self,
+        key: str,
+        n: float,
+        timeout: float | None,
+        deadline: float,
+        reservation: tuple[bytes, bytes, float, float, float, float],
+    ) -> _Flow[tuple[float, float, float, float] | None]:
+        """Sleep until a sliding-window reservation is due, and make its units count from when
+        they are really used (confirm on wake, see the module docstring).
+
+        A firm reservation woken within the tolerance of its due time (by ``_server_offset``),
+        whose epoch this process saw within the grace, goes at its due time with no round trip,
+        as before. Otherwise one round trip (``_SW_WAKE``, which also does the epoch check) lets
+        it stand (on time after all), moves it to the server's ``now`` if every window holding
+        ``now`` has room, or else to the earliest time that has (then it sleeps again).
+        ``reservation``: (member, epoch, due server time, wait, remaining, reset_at) from the
+        decision. Returns ``(seconds slept, server time, remaining, reset_at)``, or None when
+        Redis failed (the caller decides again). Raises a timeout error when queuing again would
+        pass ``timeout``.
+        """
+        now = self._now
+        member, epoch, due, wait, remaining, reset_at = reservation
+        slept = 0.0
+        while True:
+            if wait > 0.0:
+                try:
+                    yield _Sleep(wait)
+                except GeneratorExit:
+                    raise
+                except BaseException:
+                    yield from self._refund(key, member, n)
+                    raise
+                slept += wait
+            woke = now()
+            late = woke + self._server_offset() - due
+            if (
+                member[:1] != b"&"
+                and epoch == self._epoch
+                and self._epoch_seen_at >= woke - self._grace
+                and late <= self._tolerance
+            ):
+                self._wakes[0] += 1  # (under threads: about, like round_trips)
+                return slept, due, remaining, reset_at
+            max_wait = deadline - woke if deadline < math.inf else math.inf
+            args = [
+                *self._prelude(),
+                repr(n),
+                _NO_LIMIT if max_wait == math.inf else repr(max(0.0, max_wait)),
+                member,
+                repr(due),
+                epoch,
+            ]
+            sent = now()
+            try:
+                reply = yield _Eval(_WAKE, self._keys(key), args)
+            except self._redis_errors as error:
+                self._handle(error)
+                return None
+            except GeneratorExit:
+                raise
+            except BaseException:  # cancelled in flight: give back whichever slot it now holds
+                yield from self._refund(key, member, n)
+                raise
+            received = now()
+            server_now = float(reply[4])
+            epoch = reply[6]
+            self._saw(epoch, sent, server_now, received)
+            remaining = float(reply[1])
+            reset_at = received + float(reply[3]) - server_now
+            if reply[0] != 1:
+                with self._lock:
+                    self._counters.rejected += 1
+                self._wakes[4] += 1
+                raise self._timeout_error(key, n, float(reply[2]), timeout)
+            at = float(reply[5])
+            member = reply[7]
+            self._wakes[1 if at == due else 2 if at == server_now else 3] += 1
+            if at <= server_now:
+                return slept, at, remaining, reset_at
+            due, wait = at, at - server_now
 
     def _take_lease(self, key: str, n: float, wait_ok: bool) -> RedisDecision | None:
         now = self._now()
@@ -1279,7 +1577,10 @@ class RedisRateLimiter:
     def _refund(self, key: str, member: bytes, n: float) -> _Flow[None]:
         """Give a cancelled reservation back (best effort: Redis may be gone)."""
         keys = self._keys(key)[1:]
-        args: list[Any] = [member, "0"] if self.algorithm == "sliding_window" else [member]
+        args: list[Any] = [member]
+        if self.algorithm == "sliding_window":  # under any of its names: a wake renames it
+            base = member.lstrip(b"+&")
+            args = [base, "0", b"+" + base, "0", b"&" + base, "0"]
         try:
             reply = yield _Eval(_REFUND, keys, args)
         except Exception:  # unreachable Redis: the entry ages out on its own

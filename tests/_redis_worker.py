@@ -4,8 +4,10 @@
 and waits for a line on stdin; then ``tasks`` asyncio tasks call ``acquire_detailed`` in a loop
 for ``duration`` seconds (and ``pollers`` tasks call ``try_acquire_detailed`` every 50 ms at
 most: they notice an outage while the waiters sleep). Each admission is recorded as ``[send,
-server_time, receive, source]`` (``time.time()`` around the call, and the decision's server
-time); each error as ``[send, receive, code, message]``. While it runs it prints ``down`` /
+server_time, use, source, wake]``: ``time.time()`` before the call and right after it returns
+(when the units are used), the decision's server time, and ``time.time()`` when the call's last
+sleep in the limiter ended (``None`` if it did not sleep; the limiter's clock notes it). Each
+error is recorded as ``[send, receive, code, message]``. While it runs it prints ``down`` /
 ``up`` when the limiter's view of Redis changes, ``error`` on the first error and ``fallback``
 on the first local admission, so the test can drive an outage by conditions rather than by
 guessing times. At the end it writes ``{"admissions", "errors", "stats", "round_trips"}`` as
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flashkit.clock import SystemClock
 from flashkit.errors import RateLimitError
 from flashkit.redis_ratelimit import RedisRateLimiter
 
@@ -29,12 +32,25 @@ def say(word: str) -> None:
     print(word, flush=True)
 
 
+class WakeClock(SystemClock):
+    """Real time; notes when each task's latest sleep ended (``time.time()``)."""
+
+    def __init__(self) -> None:
+        self.woke: dict[object, float] = {}
+
+    async def async_sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.woke[asyncio.current_task()] = time.time()
+
+
 async def main(config: dict[str, Any]) -> None:
+    clock = WakeClock()
     limiter = RedisRateLimiter(
         config["url"],
         config["rate"],
         config["period"],
         key_prefix=config["prefix"],
+        clock=clock,
         **config.get("options", {}),
     )
     key = config.get("key", "default")
@@ -64,6 +80,7 @@ async def main(config: dict[str, Any]) -> None:
             send = time.time()
             if send >= end:
                 return
+            clock.woke.pop(asyncio.current_task(), None)
             try:
                 decision = await limiter.acquire_detailed(key, timeout=end - send)
             except RateLimitError as error:
@@ -74,8 +91,9 @@ async def main(config: dict[str, Any]) -> None:
                 once("error")
                 await asyncio.sleep(error.retry_after or 0.05)
                 continue
-            receive = time.time()
-            admissions.append([send, decision.server_time, receive, decision.source])
+            use = time.time()
+            wake = clock.woke.get(asyncio.current_task())
+            admissions.append([send, decision.server_time, use, decision.source, wake])
             if decision.source == "fallback":
                 once("fallback")
 
@@ -92,9 +110,9 @@ async def main(config: dict[str, Any]) -> None:
                 once("error")
                 await asyncio.sleep(min(error.retry_after or 0.05, 0.05))
                 continue
-            receive = time.time()
+            use = time.time()
             if decision.allowed:
-                admissions.append([send, decision.server_time, receive, decision.source])
+                admissions.append([send, decision.server_time, use, decision.source, None])
                 if decision.source == "fallback":
                     once("fallback")
             else:

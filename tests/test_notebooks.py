@@ -36,6 +36,7 @@ def test_every_notebook_runs_clean(report) -> None:  # type: ignore[no-untyped-d
         "breaker",
         "rate_limits",
         "primitives",
+        "ratelimit_bench",
     }
 
 
@@ -92,3 +93,13 @@ def test_rate_limits_notebook_shows_strict_windows(report) -> None:  # type: ign
     assert burst["aiolimiter AsyncLimiter"]["max_in_window"] > 200
     assert results["sharding"]["max_in_window"] <= results["sharding"]["rate"]
     assert len(results["reconciliation"]) == 2
+
+
+def test_ratelimit_benchmark_reports_peers_and_redis(report) -> None:  # type: ignore[no-untyped-def]
+    """The rate-limit benchmark measured flashkit and the peers, the burst test and Redis."""
+    results = json.loads((report.output_dir / "results" / "ratelimit_bench.json").read_text())
+    libraries = {row["library"] for row in results["cost"]}
+    assert {"flashkit sliding_window", "aiolimiter acquire", "limits FixedWindow"} <= libraries
+    burst = {row["limiter"]: row for row in results["burst"]}
+    assert burst["flashkit sliding_window (default)"]["max_in_1s_worst"] <= 200
+    assert {row["mode"] for row in results["redis"]} >= {"floor: EVALSHA return 1"}

@@ -1501,3 +1501,40 @@ def test_late_wakeups_never_break_the_window_for_actual_use_times(lateness: floa
     assert worst <= 200
     if lateness == 0.0:
         assert used[-1] == pytest.approx(2.0, abs=0.01)
+
+
+def test_an_on_time_waiter_rechecks_against_a_late_one() -> None:
+    """A grant scheduled against an entry whose waiter then woke late checks again, even on time.
+
+    rate 2 per second: two immediate grants at 0; W1, W2 due at 1.0, W3, W4 due at 2.0. W1 wakes
+    0.5 s late and goes at 1.5; W3 and W4, on time at 2.0, must not both go (1.5, 2.0, 2.0 would
+    be three uses in [1.5, 2.5))."""
+
+    class OneLateClock(VirtualClock):
+        async def async_sleep(self, seconds: float) -> None:
+            task = asyncio.current_task()
+            late = 0.5 if task is not None and task.get_name() == "W1" else 0.0
+            await asyncio.sleep(seconds + late)
+
+    clock = OneLateClock()
+    limiter = RateLimiter(2, 1.0, clock=clock)
+    uses: list[float] = []
+
+    async def waiter() -> None:
+        await limiter.acquire()
+        uses.append(clock.now())
+
+    async def main() -> None:
+        assert limiter.try_acquire().allowed
+        assert limiter.try_acquire().allowed
+        tasks = []
+        for i in range(1, 5):
+            await asyncio.sleep(0.01)
+            tasks.append(asyncio.create_task(waiter(), name=f"W{i}"))
+        await asyncio.gather(*tasks)
+
+    run_virtual(main(), clock=clock)
+    uses.sort()
+    assert len(uses) == 4
+    worst = max(bisect.bisect_left(uses, t + 1.0) - i for i, t in enumerate(uses))
+    assert worst <= 2

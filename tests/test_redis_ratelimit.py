@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -35,14 +37,16 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from flashkit.clock import VirtualClock
+from flashkit.clock import SystemClock, VirtualClock
 from flashkit.errors import RateLimitError, ValidationError
 from flashkit.ratelimit import RateLimiter
-from flashkit.redis_ratelimit import RedisDecision, RedisRateLimiter
+from flashkit.redis_ratelimit import RedisDecision, RedisRateLimiter, _Eval, _Sleep
 
 WORKER = Path(__file__).with_name("_redis_worker.py")
 REPO = Path(__file__).resolve().parent.parent
 TOL = 2e-3  # seconds: server TIME has microseconds; the same host's time.time() brackets it
+WAKE_SLACK = 0.05  # seconds: how much later than its due time a lone waiter may confirm
+LATE = 2e-3  # seconds: a waiter woken later than this confirms (the limiter's tolerance here)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -68,6 +72,12 @@ def max_in_window(events: list[tuple[float, float]], period: float) -> float:
         best = max(best, total)
         total -= events[i][1]
     return best
+
+
+def assert_counts_from_wake(decision: RedisDecision, due: float) -> None:
+    """A waiter's units count from its due time, or, when it confirmed on waking (provisional,
+    late or an epoch check), from the server time it did so: a little later, never earlier."""
+    assert due <= decision.server_time <= due + WAKE_SLACK, (decision.server_time - due, due)
 
 
 def free_port() -> int:
@@ -314,9 +324,9 @@ def check_admissions(
     """Every admission's time is real (inside its call's bracket) and the union never holds more
     than ``rate`` in any window. Returns (server time, source) sorted."""
     admissions = [a for result in results for a in result["admissions"]]
-    for send, server_time, receive, source in admissions:
+    for send, server_time, use, source, _ in admissions:
         tolerance = TOL if source == "redis" else 5e-3  # lease/fallback times are estimates
-        assert send - tolerance <= server_time <= receive + tolerance, (send, server_time, receive)
+        assert send - tolerance <= server_time <= use + tolerance, (send, server_time, use)
     most = max_in_window([(a[1], 1.0) for a in admissions], period)
     assert most <= rate, f"{most} admissions in one {period} s window (rate {rate})"
     return sorted((a[1], a[3]) for a in admissions)
@@ -614,7 +624,9 @@ async def test_fifo_waiter_gets_first_entry_plus_period_and_blocks_try_acquire(
         assert not late.allowed  # never jumps the queue, although the window will have room
         assert late.retry_after > 0.0
         queued = await waiter
-        assert queued.server_time == first.server_time + 0.4  # exactly: first entry + period
+        # due at exactly first entry + period; reserved a period ahead, it is provisional: it
+        # confirms on waking and counts from the server time it did (a few ms later)
+        assert_counts_from_wake(queued, first.server_time + 0.4)
         assert queued.waited > 0.3
     finally:
         await limiter.aclose()
@@ -635,7 +647,7 @@ async def test_cancelled_waiter_gives_its_capacity_back(redis_url: str, prefix: 
         assert float(state(redis_url, prefix)["total"]) == 2.0
         assert limiter.stats.refunded_units == 1.0
         taken = await limiter.acquire_detailed()  # the freed slot, not one after it
-        assert taken.server_time == first.server_time + 0.5
+        assert_counts_from_wake(taken, first.server_time + 0.5)
     finally:
         await limiter.aclose()
 
@@ -749,6 +761,295 @@ async def test_leased_admissions_stay_within_the_rate(redis_url: str, prefix: st
     assert max_in_window(admitted, period) <= rate
     assert len(admitted) >= 0.8 * rate * 1.5 / period
     assert sources.count("lease") >= 5
+
+
+# --- confirm on wake (sliding window) -------------------------------------------------------
+# A waiter the event loop wakes late must not count at its due time while the next window's
+# grants go out on time. These tests drive the limiter's decision flows (the generators both
+# drivers run) in virtual time, so lateness is exact: scripts run on real Redis at the virtual
+# time (``_server_clock``), a sleep is a timer that fires ``late(task, k)`` seconds late, and a
+# task uses its units at the virtual time its flow returns.
+def virtual_limiters(
+    url: str,
+    prefix: str,
+    clock: VirtualClock,
+    count: int,
+    rate: float = 5,
+    confirm: bool = True,
+    **options: Any,
+) -> list[RedisRateLimiter]:
+    """``count`` limiters ("processes") on one key, ``rate`` per 1 s, scripts at ``clock``'s
+    time. ``confirm=False`` turns confirm on wake off (never late, never provisional): the
+    behaviour before it."""
+    limiters = []
+    for _ in range(count):
+        limiter = RedisRateLimiter(url, rate, 1.0, key_prefix=prefix, clock=clock, **options)
+        limiter._server_clock = clock.now
+        if not confirm:
+            limiter._tolerance, limiter._margin = 1e18, -1e18
+            limiter._sources = limiter._script_sources()
+        limiters.append(limiter)
+    return limiters
+
+
+def run_in_virtual_time(
+    limiters: list[RedisRateLimiter],
+    clock: VirtualClock,
+    tasks: list[tuple[float, int]],
+    late: Callable[[int, int], float],
+) -> list[tuple[float, float, float]]:
+    """Task ``i`` (on limiter ``i % len(limiters)``) starts ``tasks[i][0]`` s from now and acquires
+    one unit ``tasks[i][1]`` times in a row; its ``k``-th sleep ends ``late(i, k)`` s late. Returns
+    ``(server_time, use time, wake time or NaN)`` per admission, in order."""
+    heap: list[tuple[float, int, int]] = []
+    order = itertools.count()
+    flows: list[Any] = [None] * len(tasks)
+    replies: list[Any] = [None] * len(tasks)
+    left = [count for _, count in tasks]
+    sleeps = [0] * len(tasks)
+    wakes = [math.nan] * len(tasks)
+    admissions: list[tuple[float, float, float]] = []
+    for i, (start, _) in enumerate(tasks):
+        heapq.heappush(heap, (clock.now() + start, next(order), i))
+    while heap:
+        when, _, i = heapq.heappop(heap)
+        clock.advance(max(0.0, when - clock.now()))
+        limiter = limiters[i % len(limiters)]
+        if flows[i] is None:
+            flows[i], wakes[i] = limiter._decide("default", 1.0, None, True), math.nan
+        else:
+            wakes[i] = clock.now()
+        flow, reply = flows[i], replies[i]
+        try:
+            op = flow.send(reply)
+            while isinstance(op, _Eval):
+                op = flow.send(limiter._eval_sync(op))
+        except StopIteration as stop:
+            decision: RedisDecision = stop.value
+            assert decision.allowed
+            admissions.append((decision.server_time, clock.now(), wakes[i]))
+            flows[i] = None
+            left[i] -= 1
+            if left[i]:
+                heapq.heappush(heap, (clock.now(), next(order), i))  # at once, again
+            continue
+        assert isinstance(op, _Sleep)
+        replies[i] = None
+        heapq.heappush(heap, (clock.now() + op.seconds + late(i, sleeps[i]), next(order), i))
+        sleeps[i] += 1
+    return admissions
+
+
+def seeded_lateness(seed: int, tolerance: float) -> Callable[[int, int], float]:
+    """Half the wakes on time, a fifth late by less than ``tolerance``, the rest 10-300 ms late."""
+    rng = random.Random(seed)
+    table: dict[tuple[int, int], float] = {}
+
+    def late(task: int, k: int) -> float:
+        if (task, k) not in table:
+            draw = rng.random()
+            table[task, k] = (
+                0.0
+                if draw < 0.5
+                else rng.uniform(0.0, tolerance / 2)
+                if draw < 0.7
+                else rng.uniform(0.01, 0.3)
+            )
+        return table[task, k]
+
+    return late
+
+
+@pytest.mark.parametrize("tasks", [3, 12], ids=["shallow queue", "deep queue"])
+def test_late_wakeups_count_from_when_they_really_go(
+    redis_url: str, prefix: str, tasks: int
+) -> None:
+    """Two "processes", ``tasks`` tasks acquiring in a loop, rate 5 per 1 s, wakes up to 300 ms
+    late. The units count from when they are really used: each server time lies between the
+    wake and the use, a use lags its server time by at most the tolerance (an on-time waiter
+    goes without asking), and the use times keep the window property (up to that lag). With
+    12 tasks every reservation is made more than a period ahead (provisional). The same run
+    without confirm on wake puts up to 9 uses in a window: the test sees the difference."""
+    clock = VirtualClock(1000.0)
+    limiters = virtual_limiters(redis_url, prefix, clock, 2)
+    tolerance = LATE
+    assert limiters[0]._tolerance == tolerance  # max(2 ms, period / 1024)
+    try:
+        admissions = run_in_virtual_time(
+            limiters, clock, [(0.0, 12)] * tasks, seeded_lateness(7, tolerance)
+        )
+    finally:
+        for limiter in limiters:
+            limiter.close()
+    assert len(admissions) == 12 * tasks
+    for server_time, used, woke in admissions:
+        assert server_time <= used <= server_time + tolerance
+        if not math.isnan(woke):
+            assert server_time >= woke - tolerance  # counts from (about) when it woke
+    assert max_in_window([(s, 1.0) for s, _, _ in admissions], 1.0) <= 5
+    assert max_in_window([(u, 1.0) for _, u, _ in admissions], 1.0 - tolerance) <= 5
+    wakes = [sum(limiter._wakes[i] for limiter in limiters) for i in range(5)]
+    assert wakes[2] > 0, wakes  # some moved to when they woke
+    if tasks == 12:
+        assert wakes[3] > 0, wakes  # and some had to wait a little more (a full window)
+
+    other = f"{prefix}:off"
+    clock = VirtualClock(1000.0)
+    before = virtual_limiters(redis_url, other, clock, 2, confirm=False)
+    try:
+        unconfirmed = run_in_virtual_time(
+            before, clock, [(0.0, 12)] * tasks, seeded_lateness(7, tolerance)
+        )
+    finally:
+        for limiter in before:
+            limiter.close()
+    assert max_in_window([(s, 1.0) for s, _, _ in unconfirmed], 1.0) <= 5  # scheduled: fine
+    assert max_in_window([(u, 1.0) for _, u, _ in unconfirmed], 1.0) > 5  # used: not
+
+
+def test_on_time_waiters_cost_no_extra_round_trip(redis_url: str, prefix: str) -> None:
+    """One round trip per acquire while waiters wake on time (and their reservations rely on
+    settled room); a waiter that wakes late pays exactly one more and counts from its wake.
+    (``lease_duration=1.0``: the epoch re-check, after a grace of silence, is not at play.)"""
+    clock = VirtualClock(1000.0)
+    [limiter] = virtual_limiters(redis_url, prefix, clock, 1, lease_duration=1.0)
+    arrivals = [(0.0, 1)] * 5 + [(0.2 * i, 1) for i in range(1, 16)]  # 5 at once, then 1 / 0.2 s
+    try:
+        on_time = run_in_virtual_time([limiter], clock, arrivals, lambda task, k: 0.0)
+        waiters = sum(not math.isnan(w) for _, _, w in on_time)
+        assert waiters >= 10
+        assert limiter.round_trips == len(arrivals)
+        assert limiter._wakes == [waiters, 0, 0, 0, 0]  # none asked again
+        assert [s for s, _, _ in on_time] == [u for _, u, _ in on_time]
+
+        trips = limiter.round_trips
+        clock.advance(2.0)  # an empty window again
+        start = clock.now()
+        late = run_in_virtual_time(
+            [limiter],
+            clock,
+            [(0.0, 1)] * 5 + [(0.2, 1), (0.4, 1)],
+            lambda task, k: 0.25 if task == 5 else 0.0,  # the first waiter wakes 250 ms late
+        )
+    finally:
+        limiter.close()
+    assert limiter.round_trips == trips + 7 + 1
+    assert limiter._wakes == [waiters + 1, 0, 1, 0, 0]  # one moved to its wake; one on time
+    by_wake = {round(w - start, 6): s - start for s, _, w in late if not math.isnan(w)}
+    assert by_wake == {1.25: pytest.approx(1.25), 1.0: pytest.approx(1.0)}
+
+
+def test_a_provisional_reservation_yields_to_a_late_waiter_ahead(
+    redis_url: str, prefix: str
+) -> None:
+    """Rate 2 per 1 s: two admitted at 0; W1, W2 reserve 1.0; W3, W4 reserve 2.0 (relying on
+    W1's and W2's room). W1 wakes at 1.5. Checking W1 against what is used up to 1.5 only, as
+    RateLimiter._confirm does, lets W3 and W4 go on time at 2.0: three uses in [1.5, 2.5).
+    Here W3 and W4 were reserved more than a period ahead on room that could still move:
+    provisional, they check again on waking, and W4 waits for W1's use to leave its window."""
+    clock = VirtualClock(1000.0)
+    [limiter] = virtual_limiters(redis_url, prefix, clock, 1, rate=2, lease_duration=1.0)
+    try:
+        admissions = run_in_virtual_time(
+            [limiter],
+            clock,
+            [(0.0, 1), (0.0, 1), (0.01, 1), (0.02, 1), (0.03, 1), (0.04, 1)],
+            lambda task, k: 0.5 if task == 2 else 0.0,
+        )
+    finally:
+        limiter.close()
+    used = sorted(round(u - 1000.0, 6) for _, u, _ in admissions)
+    assert used == [0.0, 0.0, 1.0, 1.5, 2.0, 2.5]
+    assert [s for s, _, _ in admissions] == [u for _, u, _ in admissions]
+    assert max_in_window([(u, 1.0) for _, u, _ in admissions], 1.0) <= 2
+
+
+class LateClock(SystemClock):
+    """Real time, but the first sleeps (of any task or thread) end ``lateness[k]`` s late, like a
+    busy event loop; notes the wall-clock time (``time.time()``) each task's or thread's last
+    sleep ended."""
+
+    def __init__(self, lateness: list[float]) -> None:
+        self.lateness = list(lateness)
+        self.woke: dict[object, float] = {}
+
+    def _extra(self) -> float:
+        return self.lateness.pop(0) if self.lateness else 0.0
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds + self._extra())
+        self.woke[threading.get_ident()] = time.time()
+
+    async def async_sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds + self._extra())
+        self.woke[asyncio.current_task()] = time.time()
+
+
+@run_async
+async def test_late_async_waiters_count_from_their_wake(redis_url: str, prefix: str) -> None:
+    """Through the public API in real time: rate 4 per 0.5 s, 4 admitted at once, then 4 tasks
+    acquire twice each; the first two sleeps end 150 ms late. Every waiter's server time is no
+    earlier than its wake (within the tolerance and the TIME resolution) and no later than its
+    use; the server times keep the window property, and the use times too, within 30 ms of
+    reply delivery (against 150 ms of lateness)."""
+    clock = LateClock([0.15, 0.15])
+    limiter = RedisRateLimiter(redis_url, 4, 0.5, key_prefix=prefix, clock=clock)
+    slack = LATE + TOL
+    admitted: list[tuple[float, float]] = []  # (server time, use time)
+
+    async def task() -> None:
+        for _ in range(2):
+            clock.woke.pop(asyncio.current_task(), None)
+            decision = await limiter.acquire_detailed()
+            used = time.time()
+            woke = clock.woke.get(asyncio.current_task())
+            assert woke is not None  # every one of them waited
+            assert woke - slack <= decision.server_time <= used + TOL
+            admitted.append((decision.server_time, used))
+
+    try:
+        for _ in range(4):
+            now = await limiter.try_acquire_detailed_async()
+            assert now.allowed
+            admitted.append((now.server_time, time.time()))
+        await asyncio.gather(*(task() for _ in range(4)))
+    finally:
+        await limiter.aclose()
+    assert not clock.lateness  # both late wakes happened
+    assert limiter._wakes[2] + limiter._wakes[3] >= 2  # the late ones moved (or queued again)
+    assert max_in_window([(s, 1.0) for s, _ in admitted], 0.5) <= 4
+    assert max_in_window([(u, 1.0) for _, u in admitted], 0.5 - 0.03) <= 4
+
+
+def test_a_late_sync_waiter_counts_from_its_wake(redis_url: str, prefix: str) -> None:
+    clock = LateClock([0.1])
+    with RedisRateLimiter(redis_url, 2, 0.3, key_prefix=prefix, clock=clock) as limiter:
+        first = limiter.try_acquire_detailed()
+        assert limiter.try_acquire().allowed
+        late = limiter.acquire_detailed_sync()
+        used = time.time()
+        woke = clock.woke[threading.get_ident()]
+        assert first.server_time + 0.3 + 0.09 < woke  # woken 100 ms after its due time
+        assert woke - LATE - TOL <= late.server_time <= used + TOL
+        assert limiter._wakes[2] == 1  # moved to when it woke, in one round trip
+
+
+@pytest.mark.parametrize(("algorithm", "burst"), [("gcra", None), ("token_bucket", 1)])
+def test_bucket_waiters_keep_their_schedule_when_late(
+    redis_url: str, prefix: str, algorithm: Any, burst: float | None
+) -> None:
+    """token_bucket and gcra keep their schedule (as the local limiter does): a late wake does
+    not move the grant, so lateness can compress the spacing of uses by as much."""
+    clock = LateClock([0.1])
+    with RedisRateLimiter(
+        redis_url, 4, 1.0, algorithm, burst, key_prefix=prefix, clock=clock
+    ) as limiter:
+        first = limiter.try_acquire_detailed()
+        late = limiter.acquire_detailed_sync()
+        woke = clock.woke[threading.get_ident()]
+    assert late.server_time == pytest.approx(first.server_time + 0.25, abs=1e-6)  # its due time
+    assert woke - late.server_time > 0.09
+    assert limiter._wakes == [0, 0, 0, 0, 0]
 
 
 # --- outages --------------------------------------------------------------------------------
@@ -922,7 +1223,7 @@ def test_restart_warms_up_for_a_period_unless_brand_new(own_redis: OwnRedis) -> 
         assert not refused.allowed
         assert refused.retry_after == pytest.approx(0.45, abs=0.02)  # period + grace
         queued = old.acquire_detailed_sync()
-        assert queued.server_time == restart_at + 0.05 + 0.4
+        assert_counts_from_wake(queued, restart_at + 0.05 + 0.4)
         assert old.try_acquire().allowed  # warmed up
 
         own_redis.kill()
@@ -951,8 +1252,11 @@ async def test_reservation_lost_in_a_restart_queues_again(own_redis: OwnRedis) -
         own_redis.start()
         decision = await waiter  # wakes, finds its epoch gone, queues behind the warm-up
         restart_at = float(meta(own_redis.url, "lost")["restart_at"])
-        assert decision.server_time == restart_at + 0.05 + 0.5
-        assert limiter.round_trips == 5  # reserve, confirm: lost, reserve again, confirm
+        assert_counts_from_wake(decision, restart_at + 0.05 + 0.5)
+        # try_acquire, reserve; wake: lost, queued again behind the warm-up in the same round
+        # trip; wake: confirm (before, losing it cost a confirm and a new reservation)
+        assert limiter.round_trips == 4, limiter._wakes
+        assert limiter._wakes == [0, 0, 1, 1, 0]  # moved to now once, queued again once
     finally:
         await limiter.aclose()
 
@@ -960,7 +1264,17 @@ async def test_reservation_lost_in_a_restart_queues_again(own_redis: OwnRedis) -
 # --- many processes -------------------------------------------------------------------------
 def test_four_processes_share_one_limit(redis_url: str, prefix: str, tmp_path: Path) -> None:
     """4 OS processes x 20 asyncio tasks, rate 50 per 1 s, for 5 s: the union never exceeds 50
-    in any 1 s window, and uses at least 95 % of what the rate allows."""
+    in any 1 s window, and uses at least 95 % of what the rate allows.
+
+    Also in local use times (``time.time()`` right after ``acquire`` returns; Redis TIME is the
+    same host's clock): a waiter counts from when it woke, not from its due time (here 80
+    waiters share 2 CPUs: wakes come several ms late), within the tolerance and TIME's
+    resolution. What no server-side decision can see is the delivery of the reply that decided
+    it (up to ~25 ms here when 50 grants come due together): the window property is asserted
+    on use times with that delivery taken out, i.e. at the server time for a grant decided by a
+    round trip after its wake (or without a wake), at the use time for a waiter that went
+    without asking. (On raw use times the slack is that delivery: a few ms, against 10-20 ms
+    of lateness before confirm on wake.)"""
     rate, period, duration = 50, 1.0, 5.0
     config = {
         "url": redis_url,
@@ -980,6 +1294,13 @@ def test_four_processes_share_one_limit(redis_url: str, prefix: str, tmp_path: P
     admitted = check_admissions(results, rate, period)
     assert {source for _, source in admitted} == {"redis"}
     assert all(result["errors"] == [] for result in results)
+    effective = []
+    for _, server_time, use, _, wake in (a for r in results for a in r["admissions"]):
+        if wake is not None:
+            assert server_time >= wake - LATE - TOL, (server_time, wake)  # counts from its wake
+        asked = wake is None or server_time >= wake  # decided by a round trip after its wake
+        effective.append((server_time if asked else use, 1.0))
+    assert max_in_window(effective, period - LATE - TOL) <= rate
     first = admitted[0][0]
     in_duration = sum(first <= t < first + duration for t, _ in admitted)
     assert in_duration >= 0.95 * rate * duration / period

@@ -567,7 +567,13 @@ def test_failure_description_is_truncated_and_uncoloured() -> None:
 def test_repo_manifest_is_valid() -> None:
     manifest = Path(__file__).resolve().parent.parent / "benchmarks" / "report.toml"
     entries = load_manifest(manifest, check_files=False)
-    assert [e.name for e in entries] == ["backoff", "breaker", "rate_limits", "primitives"]
+    assert [e.name for e in entries] == [
+        "backoff",
+        "breaker",
+        "rate_limits",
+        "primitives",
+        "ratelimit_bench",
+    ]
     for entry in entries:
         assert entry.path.suffix == ".ipynb"
         assert set(entry.smoke) <= set(entry.parameters)
