@@ -189,12 +189,14 @@ class RedisDecision(NamedTuple):
 _PRELUDE: Final = """
 local function fmt(x) return string.format('%.17g', x) end
 local function units(m) return tonumber(string.match(m, ':([^:]*)$')) or 0 end
-local now
+local now, now_text
 if ARGV[1] ~= '' then
   now = tonumber(ARGV[1])
+  now_text = ARGV[1]
 else
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  now_text = t[1] .. '.' .. string.sub('00000' .. t[2], -6)
 end
 local meta = KEYS[1]
 local known = ARGV[2]
@@ -213,6 +215,18 @@ if not epoch then
 elseif known ~= '' and epoch ~= known and not restart_at then
   restart_at = tonumber(mh[4]) or now
   redis.call('HSET', meta, 'restart_at', restart_at)
+end
+-- A decision's reply, one string: "allowed remaining retry_after reset now at epoch member
+-- units_leased" (one bulk reply is cheaper to send and parse than an array; zeros and `at ==
+-- now` skip string.format, which costs more than the rest of a hot decision's logic).
+local function reply(allowed, remaining, retry_after, reset, at, member, granted)
+  local a = now_text
+  if at ~= now then a = fmt(at) end
+  local r = '0'
+  if retry_after ~= 0 then r = fmt(retry_after) end
+  local g = '0'
+  if granted ~= 0 then g = fmt(granted) end
+  return table.concat({allowed, fmt(remaining), r, fmt(reset), now_text, a, epoch, member, g}, ' ')
 end
 local grace = @GRACE@
 """
@@ -236,18 +250,28 @@ local rate = @P1@
 local period = @P2@
 local log = KEYS[2]
 local st = KEYS[3]
-local s = redis.call('HMGET', st, 'total', 'tail', 'hi')
+local s = redis.call('HMGET', st, 'total', 'tail', 'hi', 'pr', 'exp')
 local total = tonumber(s[1]) or 0
 local tail = tonumber(s[2]) or 0
 local hi = tonumber(s[3]) or 0
+local pruned_at = tonumber(s[4]) or 0
+local expires = tonumber(s[5]) or 0
 local dirty = false
-local cutoff = now - period
-local old = redis.call('ZRANGEBYSCORE', log, '-inf', cutoff)
-if #old > 0 then
-  for i = 1, #old do total = total - units(old[i]) end
-  redis.call('ZREMRANGEBYSCORE', log, '-inf', cutoff)
-  if redis.call('ZCARD', log) == 0 then total = 0 end
+local pruned = false
+-- Entries that left the window are dropped lazily: when room is short (see earliest), by the
+-- scripts that scan the log, and at least every period / 16 (so `remaining` stays close); a
+-- hot decision with room to spare costs no extra command.
+local function prune()
+  pruned = true
+  pruned_at = now
   dirty = true
+  local cutoff = now - period
+  local old = redis.call('ZRANGEBYSCORE', log, '-inf', cutoff)
+  if #old > 0 then
+    for i = 1, #old do total = total - units(old[i]) end
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', cutoff)
+    if redis.call('ZCARD', log) == 0 then total = 0 end
+  end
 end
 if restart_at and now < restart_at + grace + period then
   local at = restart_at + grace
@@ -271,6 +295,10 @@ local function earliest(n)
   local at = now
   if tail > now then at = tail end
   local excess = total + n - rate
+  if excess > 1e-9 and not pruned then
+    prune()
+    excess = total + n - rate
+  end
   if excess > 1e-9 then
     -- the earliest time the oldest entries have left enough room (entries in score order)
     -- (read in growing chunks: usually the oldest entry alone frees enough)
@@ -314,24 +342,32 @@ local function reservation(at, id, units_text)
 end
 """
 
+# The keys live until every entry has left the window, plus slack: their expiry is pushed out
+# (by a period more than needed) only when it falls short, not on every decision.
 _SW_SAVE: Final = """
 if dirty then
-  redis.call('HSET', st, 'total', total, 'tail', tail, 'hi', hi)
-  local ttl = math.ceil((hi + period - now) * 1000) + 1000
-  if ttl < 1000 then ttl = 1000 end
-  redis.call('PEXPIRE', log, ttl)
-  redis.call('PEXPIRE', st, ttl)
+  if hi + period + 1 > expires then
+    expires = math.max(hi, now) + 2 * period + 1
+    local ttl = math.ceil((expires - now) * 1000)
+    redis.call('PEXPIRE', log, ttl)
+    redis.call('HSET', st, 'total', total, 'tail', tail, 'hi', hi, 'pr', pruned_at,
+               'exp', expires)
+    redis.call('PEXPIRE', st, ttl)
+  else
+    redis.call('HSET', st, 'total', total, 'tail', tail, 'hi', hi, 'pr', pruned_at)
+  end
 end
 """
 
 # Decide: ARGV[4] n, ARGV[5] max_wait, ARGV[6] entry id, ARGV[7] lease units (0: no lease),
 # ARGV[8] number of lease returns, then (member, units kept) pairs. Lease duration @LEASE_DURATION@.
-# Returns {allowed, remaining, retry_after, reset, now, at, epoch, member, units leased}.
+# Returns "allowed remaining retry_after reset now at epoch member units_leased" (one string,
+# see reply() in the prelude; member empty when refused).
 _SW_DECIDE: Final = (
     _PRELUDE
     + _SW_LOAD
-    + _SW_EARLIEST
     + """
+if now - pruned_at >= period / 16 then prune() end
 local j = 9
 for i = 1, tonumber(ARGV[8]) do
   local mem = ARGV[j]
@@ -351,7 +387,15 @@ end
 local n = tonumber(ARGV[4])
 local max_wait = tonumber(ARGV[5])
 local lease = tonumber(ARGV[7])
-local at = earliest(n)
+local at = now
+local queued = nil
+if tail > now or total + n - rate > 1e-9 then
+  -- no room now (or others queued): the search, defined here so a decision with room skips it
+"""
+    + _SW_EARLIEST
+    + """  at = earliest(n)
+  if at > now and at - now <= max_wait + 1e-9 then queued = reservation(at, ARGV[6], ARGV[4]) end
+end
 local allowed = 0
 local retry_after = 0
 local member = ''
@@ -367,8 +411,7 @@ if at <= now and lease > 0 then
   allowed = 1
   dirty = true
 elseif at - now <= max_wait + 1e-9 then
-  member = ARGV[6] .. ':' .. ARGV[4]
-  if at > now then member = reservation(at, ARGV[6], ARGV[4]) end
+  member = queued or (ARGV[6] .. ':' .. ARGV[4])
   redis.call('ZADD', log, at, member)
   total = total + n
   if at > now then tail = at end
@@ -385,8 +428,7 @@ local remaining = rate - total
 if tail > now or remaining < 0 then remaining = 0 end
 local reset = hi + period
 if reset < now then reset = now end
-return {allowed, fmt(remaining), fmt(retry_after), fmt(reset), fmt(now), fmt(at), epoch, member,
-        fmt(granted)}
+return reply(allowed, remaining, retry_after, reset, at, member, granted)
 """
 )
 
@@ -404,6 +446,7 @@ _SW_WAKE: Final = (
     + _SW_LOAD
     + _SW_EARLIEST
     + """
+prune()
 local n = tonumber(ARGV[4])
 local max_wait = tonumber(ARGV[5])
 local member = ARGV[6]
@@ -513,8 +556,7 @@ local remaining = rate - total
 if tail > now or remaining < 0 then remaining = 0 end
 local reset = hi + period
 if reset < now then reset = now end
-return {allowed, fmt(remaining), fmt(retry_after), fmt(reset), fmt(now), fmt(at), epoch, member,
-        '0'}
+return reply(allowed, remaining, retry_after, reset, at, member, 0)
 """
 )
 
@@ -551,6 +593,7 @@ _SW_RESUME: Final = (
     + _MARK
     + _SW_LOAD
     + """
+prune()
 local k = 0
 for j = 6, #ARGV, 2 do
   local at = now - tonumber(ARGV[j])
@@ -606,8 +649,7 @@ local remaining = cap - fill / interval
 if remaining < 0 then remaining = 0 end
 local reset = tat
 if reset < now then reset = now end
-return {allowed, fmt(remaining), fmt(retry_after), fmt(reset), fmt(now), fmt(at), epoch, ARGV[6],
-        '0'}
+return reply(allowed, remaining, retry_after, reset, at, ARGV[6], 0)
 """
 )
 
@@ -701,8 +743,7 @@ l, when = level_at(now)
 local remaining = l
 if when > now or remaining < 0 then remaining = 0 end
 local reset = when + (cap - l) / refill
-return {allowed, fmt(remaining), fmt(retry_after), fmt(reset), fmt(now), fmt(at), epoch, ARGV[6],
-        '0'}
+return reply(allowed, remaining, retry_after, reset, at, ARGV[6], 0)
 """
 )
 
@@ -1104,14 +1145,29 @@ class RedisRateLimiter:
             await client.aclose()
 
     def _eval_sync(self, op: _Eval) -> Any:
-        scripts = self._sync_handles()[1]
+        client, scripts = self._sync_handles()
         self._round_trips += 1
-        return scripts[op.script](keys=op.keys, args=op.args)
+        script = scripts[op.script]
+        # EVALSHA straight through the client: redis-py's Script.__call__ costs ~10 us a call.
+        try:
+            return client.evalsha(script.sha, len(op.keys), *op.keys, *op.args)
+        except BaseException as error:
+            if not _no_script(error):
+                raise
+            client.script_load(script.script)  # the server lost its script cache (a restart)
+            return client.evalsha(script.sha, len(op.keys), *op.keys, *op.args)
 
     async def _eval_async(self, op: _Eval) -> Any:
-        scripts = self._async_handles()[1]
+        client, scripts = self._async_handles()
         self._round_trips += 1
-        return await scripts[op.script](keys=op.keys, args=op.args)
+        script = scripts[op.script]
+        try:
+            return await client.evalsha(script.sha, len(op.keys), *op.keys, *op.args)
+        except BaseException as error:
+            if not _no_script(error):
+                raise
+            await client.script_load(script.script)
+            return await client.evalsha(script.sha, len(op.keys), *op.keys, *op.args)
 
     def _drive_sync(self, flow: _Flow[T]) -> T:
         reply: Any = None
@@ -1378,7 +1434,7 @@ class RedisRateLimiter:
                     args += [member, repr(kept)]
             sent = now()
             try:
-                reply = yield _Eval(_DECIDE, self._keys(key), args)
+                reply = (yield _Eval(_DECIDE, self._keys(key), args)).split(b" ")
             except self._redis_errors as error:
                 self._handle(error)
                 continue
@@ -1391,7 +1447,7 @@ class RedisRateLimiter:
             self._saw(epoch, sent, server_now, received)
             if self._down:
                 self._recovered()
-            allowed = reply[0] == 1
+            allowed = reply[0] == b"1"
             remaining = float(reply[1])
             reset_at = received + float(reply[3]) - server_now
             if not allowed:
@@ -1502,7 +1558,7 @@ class RedisRateLimiter:
             ]
             sent = now()
             try:
-                reply = yield _Eval(_WAKE, self._keys(key), args)
+                reply = (yield _Eval(_WAKE, self._keys(key), args)).split(b" ")
             except self._redis_errors as error:
                 self._handle(error)
                 return None
@@ -1517,7 +1573,7 @@ class RedisRateLimiter:
             self._saw(epoch, sent, server_now, received)
             remaining = float(reply[1])
             reset_at = received + float(reply[3]) - server_now
-            if reply[0] != 1:
+            if reply[0] != b"1":
                 with self._lock:
                     self._counters.rejected += 1
                 self._wakes[4] += 1
@@ -1846,6 +1902,12 @@ class RedisRateLimiter:
         horizon = when - self.period - self._grace
         while replays and replays[0][0] < horizon:
             replays.popleft()
+
+
+def _no_script(error: BaseException) -> bool:
+    import redis.exceptions
+
+    return isinstance(error, redis.exceptions.NoScriptError)
 
 
 def _abandon(client: Any) -> None:

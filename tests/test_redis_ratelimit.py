@@ -674,22 +674,22 @@ async def test_bucket_refunds_only_the_latest_grant(redis_url: str, prefix: str)
 
 # --- leases ---------------------------------------------------------------------------------
 class CountingScript:
-    """Wraps a registered script object and counts its calls."""
+    """Counts the calls of one of a limiter's scripts."""
 
-    def __init__(self, script: Any) -> None:
-        self.script = script
+    def __init__(self) -> None:
         self.calls = 0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return self.script(*args, **kwargs)
 
 
 def count_calls(limiter: RedisRateLimiter) -> list[CountingScript]:
-    client, scripts = limiter._sync_handles()
-    wrapped = [CountingScript(s) for s in scripts]
-    limiter._sync = (client, tuple(wrapped))
-    return wrapped
+    counters = [CountingScript() for _ in limiter._sync_handles()[1]]
+    real = limiter._eval_sync
+
+    def counting(op: Any) -> Any:
+        counters[op.script].calls += 1
+        return real(op)
+
+    limiter._eval_sync = counting  # type: ignore[method-assign]
+    return counters
 
 
 def test_lease_takes_many_units_per_round_trip(redis_url: str, prefix: str) -> None:
@@ -1256,7 +1256,9 @@ async def test_reservation_lost_in_a_restart_queues_again(own_redis: OwnRedis) -
         # try_acquire, reserve; wake: lost, queued again behind the warm-up in the same round
         # trip; wake: confirm (before, losing it cost a confirm and a new reservation)
         assert limiter.round_trips == 4, limiter._wakes
-        assert limiter._wakes == [0, 0, 1, 1, 0]  # moved to now once, queued again once
+        # queued again once; then it stood (woken within the tolerance) or moved to now
+        on_time, stood, moved, queued, refused = limiter._wakes
+        assert (on_time, stood + moved, queued, refused) == (0, 1, 1, 0), limiter._wakes
     finally:
         await limiter.aclose()
 
