@@ -1,8 +1,10 @@
 """flashkit: resilience primitives for LLM pipelines, tuned with evidence in Jupyter.
 
-Every public name is re-exported here; each lives in the module named after its idea:
-``flashkit.clock``, ``flashkit.errors``, ``flashkit.retry``, ``flashkit.budget``,
-``flashkit.breaker``, ``flashkit.ratelimit``, ``flashkit.redis_ratelimit``.
+Every public name of the primitives is re-exported here; each lives in the module named after
+its idea: ``flashkit.clock``, ``flashkit.errors``, ``flashkit.retry``, ``flashkit.budget``,
+``flashkit.breaker``, ``flashkit.ratelimit``, ``flashkit.redis_ratelimit``, ``flashkit.logs``.
+The larger subsystems re-export their main names and keep the rest in their namespace:
+``flashkit.telemetry`` (metric names, span schema) and ``flashkit.sim`` (the simulated upstream).
 """
 
 from flashkit.breaker import (
@@ -46,6 +48,7 @@ from flashkit.errors import (
     redact,
     retry_after_of,
 )
+from flashkit.logs import StructuredFormatter, configure_logging
 from flashkit.ratelimit import (
     Algorithm,
     LimiterStats,
@@ -66,6 +69,17 @@ from flashkit.retry import (
     retry,
     retrying,
 )
+from flashkit.sim import FaultProfile, SimulatedUpstream
+from flashkit.telemetry import (
+    Telemetry,
+    configure_opentelemetry,
+    get_meter,
+    get_tracer,
+    instrument_breaker,
+    instrument_budget,
+    instrument_limiter,
+    retry_hooks,
+)
 
 __version__ = "0.1.0"
 
@@ -85,10 +99,18 @@ __all__ = [
     "CircuitState",
     "classify",
     "Clock",
+    "configure_logging",
+    "configure_opentelemetry",
     "DatabaseError",
     "default_clock",
     "ErrorCategory",
     "ExternalServiceError",
+    "FaultProfile",
+    "get_meter",
+    "get_tracer",
+    "instrument_breaker",
+    "instrument_budget",
+    "instrument_limiter",
     "is_retryable",
     "Jitter",
     "LimiterStats",
@@ -103,17 +125,21 @@ __all__ = [
     "RedisRateLimiter",
     "retry",
     "retry_after_of",
+    "retry_hooks",
     "RetryBudget",
     "RetryConfig",
     "RetryEvent",
     "RetryExhausted",
-    "Retrying",
     "retrying",
+    "Retrying",
     "run_virtual",
     "ShardedRateLimiter",
+    "SimulatedUpstream",
     "StateChange",
     "StructuredError",
+    "StructuredFormatter",
     "SystemClock",
+    "Telemetry",
     "TokenBucketBudget",
     "TokenRatioBudget",
     "TokenReservation",

@@ -15,7 +15,31 @@ import yaml
 import flashkit
 
 ROOT = Path(__file__).resolve().parent.parent
-PUBLIC_MODULES = ["clock", "errors", "retry", "budget", "breaker", "ratelimit", "redis_ratelimit"]
+PUBLIC_MODULES = [
+    "clock",
+    "errors",
+    "retry",
+    "budget",
+    "breaker",
+    "ratelimit",
+    "redis_ratelimit",
+    "logs",
+]
+# Subsystems: their main names at top level, the rest (metric names, span schema, the
+# simulator's parts) in their own namespace.
+NAMESPACES = {
+    "telemetry": [
+        "Telemetry",
+        "configure_opentelemetry",
+        "get_meter",
+        "get_tracer",
+        "instrument_breaker",
+        "instrument_budget",
+        "instrument_limiter",
+        "retry_hooks",
+    ],
+    "sim": ["FaultProfile", "SimulatedUpstream"],
+}
 
 
 def test_all_is_sorted_explicit_and_complete() -> None:
@@ -38,12 +62,23 @@ def test_each_public_module_reexports_its_names_at_top_level(module_name: str) -
         assert getattr(flashkit, name) is getattr(module, name), name
 
 
+@pytest.mark.parametrize("module_name", sorted(NAMESPACES))
+def test_each_subsystem_reexports_its_main_names(module_name: str) -> None:
+    """flashkit.<subsystem>'s main names are importable from flashkit, same object."""
+    module = importlib.import_module(f"flashkit.{module_name}")
+    assert set(NAMESPACES[module_name]) <= set(module.__all__)
+    for name in NAMESPACES[module_name]:
+        assert getattr(flashkit, name) is getattr(module, name), name
+
+
 def test_every_top_level_name_lives_in_a_named_module() -> None:
     """A newcomer finds each primitive in the module named after its idea."""
     homes = {}
     for module_name in PUBLIC_MODULES:
         module = importlib.import_module(f"flashkit.{module_name}")
         homes.update(dict.fromkeys(module.__all__, module_name))
+    for module_name, names in NAMESPACES.items():
+        homes.update(dict.fromkeys(names, module_name))
     assert set(flashkit.__all__) - {"__version__"} <= set(homes)
 
 

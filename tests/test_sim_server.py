@@ -1,0 +1,145 @@
+"""flashkit.sim over real HTTP: the ASGI app under uvicorn on a loopback port.
+
+The server runs in a background thread on the system clock; the profiles here have zero latency,
+so nothing waits except for the server to come up (bounded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from flashkit.errors import ExternalServiceError, classify
+from flashkit.sim import STAGE1_MODEL, FaultProfile, SimulatedUpstream
+
+INSTANT = FaultProfile(latency_median=0.0, latency_p99=0.0, reject_latency=0.0)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _running(upstream: SimulatedUpstream) -> Iterator[str]:
+    port = _free_port()
+    config = uvicorn.Config(
+        upstream.asgi_app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws="none",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="sim-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10.0
+    while not server.started:  # the only wait: for the server to come up
+        assert thread.is_alive(), "uvicorn exited during startup"
+        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10.0)
+        assert not thread.is_alive(), "uvicorn did not shut down"
+
+
+@pytest.fixture
+def upstream() -> SimulatedUpstream:
+    return SimulatedUpstream(dataclasses.replace(INSTANT, rpm=3, limit_mode="fixed_window"))
+
+
+@pytest.fixture
+def base_url(upstream: SimulatedUpstream) -> Iterator[str]:
+    yield from _running(upstream)
+
+
+def _stage1(term: str) -> dict[str, object]:
+    item = {"position": 1, "term": term, "type": "noun"}
+    return {
+        "model": STAGE1_MODEL,
+        "messages": [{"role": "user", "content": json.dumps(item, ensure_ascii=False)}],
+        "max_tokens": 2000,
+    }
+
+
+def test_real_http_requests_are_answered_and_counted(
+    upstream: SimulatedUpstream, base_url: str
+) -> None:
+    sample_key = "sk-server-test-0123456789"
+    with httpx.Client(base_url=f"{base_url}/v1", timeout=10.0) as client:
+        auth = {"Authorization": f"Bearer {sample_key}"}
+        ok = [
+            client.post("/chat/completions", json=_stage1("학교"), headers=auth) for _ in range(3)
+        ]
+        limited = client.post("/chat/completions", json=_stage1("학교"), headers=auth)
+        unauthorized = client.post("/chat/completions", json=_stage1("학교"))
+        missing = client.get("/models", headers=auth)
+        stats = client.get(f"{base_url}/_sim/stats").json()
+
+    assert [r.status_code for r in ok] == [200, 200, 200]
+    content = ok[0].json()["choices"][0]["message"]["content"]
+    assert "school" in content
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in ok] == ["2", "1", "0"]
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) >= 1
+    assert unauthorized.status_code == 401
+    assert missing.status_code == 404
+
+    counts = stats["stats"]
+    assert counts["requests"] == 6
+    assert counts["ok"] == 3
+    assert counts["rate_limited"] == {"requests": 1}
+    assert counts["auth_errors"] == 1
+    assert counts["invalid_requests"] == 1
+    assert counts["by_status"] == {"200": 3, "401": 1, "404": 1, "429": 1}
+    assert sum(record["requests"] for record in stats["load"]) == 6
+    assert stats["limits"] == {"rpm": 3, "tpm": None}
+    assert sample_key not in json.dumps(stats)
+    assert upstream.stats.ok == 3  # the same object the test holds
+
+
+def test_reset_endpoint_clears_the_books(upstream: SimulatedUpstream, base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+        auth = {"Authorization": "Bearer sk-reset"}
+        statuses = [
+            client.post("/v1/chat/completions", json=_stage1("물"), headers=auth).status_code
+            for _ in range(4)
+        ]
+        assert statuses == [200, 200, 200, 429]
+        assert client.get("/_sim/reset").status_code == 405
+        assert client.post("/_sim/reset").json() == {"reset": True}
+        assert client.get("/_sim/stats").json()["stats"]["requests"] == 0
+        again = client.post("/v1/chat/completions", json=_stage1("물"), headers=auth)
+        assert again.status_code == 200  # a fresh window after the reset
+
+
+def test_outage_connection_failures_arrive_as_a_proxy_503() -> None:
+    upstream = SimulatedUpstream(
+        dataclasses.replace(INSTANT, outages=((0.0, 3600.0),), outage_connect_fraction=1.0)
+    )
+    for base_url in _running(upstream):
+        with httpx.Client(base_url=base_url, timeout=10.0) as client:
+            response = client.post(
+                "/v1/chat/completions", json=_stage1("물"), headers={"Authorization": "Bearer k"}
+            )
+            stats = client.get("/_sim/stats").json()["stats"]
+        assert response.status_code == 503
+        assert b"upstream connect error" in response.content
+        error = classify(response)
+        assert isinstance(error, ExternalServiceError)
+        assert error.retryable
+        assert stats["connect_errors"] == 1
