@@ -2,11 +2,14 @@
 
 Every public name of the primitives is re-exported here; each lives in the module named after
 its idea: ``flashkit.clock``, ``flashkit.errors``, ``flashkit.retry``, ``flashkit.budget``,
-``flashkit.breaker``, ``flashkit.ratelimit``, ``flashkit.redis_ratelimit``, ``flashkit.logs``.
-The larger subsystems re-export their main names and keep the rest in their namespace:
-``flashkit.telemetry`` (metric names, span schema) and ``flashkit.sim`` (the simulated upstream).
+``flashkit.breaker``, ``flashkit.ratelimit``, ``flashkit.redis_ratelimit``,
+``flashkit.adaptive``, ``flashkit.logs``. The larger subsystems re-export their main names and
+keep the rest in their namespace: ``flashkit.client`` (the resilient LLM client),
+``flashkit.pipeline`` (the flashcard pipeline), ``flashkit.telemetry`` (metric names, span
+schema) and ``flashkit.sim`` (the simulated upstream).
 """
 
+from flashkit.adaptive import AdaptiveRateLimiter, AdaptiveStats
 from flashkit.breaker import (
     BreakDurationContext,
     CircuitBreaker,
@@ -23,6 +26,7 @@ from flashkit.budget import (
     TokenBucketBudget,
     TokenRatioBudget,
 )
+from flashkit.client import ChatResult, LLMClient, Usage
 from flashkit.clock import (
     Clock,
     SystemClock,
@@ -49,6 +53,14 @@ from flashkit.errors import (
     retry_after_of,
 )
 from flashkit.logs import StructuredFormatter, configure_logging
+from flashkit.pipeline import (
+    FlashcardRow,
+    PipelineReport,
+    VocabularyItem,
+    WordResult,
+    read_vocabulary,
+    run_pipeline,
+)
 from flashkit.ratelimit import (
     Algorithm,
     LimiterStats,
@@ -85,12 +97,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "AdaptiveRateLimiter",
+    "AdaptiveStats",
     "Algorithm",
     "Attempt",
     "AuthenticationError",
     "BreakDurationContext",
     "BudgetStats",
     "CacheError",
+    "ChatResult",
     "CircuitBreaker",
     "CircuitBreakerManualControl",
     "CircuitBreakerStateProvider",
@@ -106,6 +121,7 @@ __all__ = [
     "ErrorCategory",
     "ExternalServiceError",
     "FaultProfile",
+    "FlashcardRow",
     "get_meter",
     "get_tracer",
     "instrument_breaker",
@@ -114,12 +130,15 @@ __all__ = [
     "is_retryable",
     "Jitter",
     "LimiterStats",
+    "LLMClient",
     "MultiLimit",
     "MultiReservation",
     "PercentBudget",
+    "PipelineReport",
     "RateLimiter",
     "RateLimitError",
     "RateLimitResult",
+    "read_vocabulary",
     "redact",
     "RedisDecision",
     "RedisRateLimiter",
@@ -132,6 +151,7 @@ __all__ = [
     "RetryExhausted",
     "retrying",
     "Retrying",
+    "run_pipeline",
     "run_virtual",
     "ShardedRateLimiter",
     "SimulatedUpstream",
@@ -143,8 +163,11 @@ __all__ = [
     "TokenBucketBudget",
     "TokenRatioBudget",
     "TokenReservation",
+    "Usage",
     "use_clock",
     "ValidationError",
     "VirtualClock",
     "VirtualEventLoop",
+    "VocabularyItem",
+    "WordResult",
 ]

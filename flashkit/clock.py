@@ -225,8 +225,10 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         self._process_events(events)  # type: ignore[attr-defined]
         events = None
 
+        # `<=`, not asyncio's `<`: past ~1e7 s, now + resolution rounds to now itself, and a timer
+        # due exactly now would never be taken while the loop spins on it.
         end_time = clock._now + self._clock_resolution  # type: ignore[attr-defined]
-        while scheduled and scheduled[0][0] < end_time:
+        while scheduled and scheduled[0][0] <= end_time:
             handle = heapq.heappop(scheduled)[2]
             handle._scheduled = False  # type: ignore[attr-defined]
             ready.append(handle)

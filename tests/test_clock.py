@@ -68,6 +68,20 @@ def test_run_virtual_returns_the_result_and_advances_exactly() -> None:
     assert time.perf_counter() - started < 60.0  # an hour of sleep did not take an hour
 
 
+@pytest.mark.parametrize("seconds", [4e7, 3.2e9, 1e12])
+def test_sleeps_far_into_virtual_time_finish(seconds: float) -> None:
+    """Past ~1e7 s, now + clock resolution rounds to now: a timer due then still fires (a
+    years-away rate-limit reset must not hang the loop)."""
+    clock = VirtualClock()
+
+    async def main() -> float:
+        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)
+        return asyncio.get_running_loop().time()
+
+    assert run_virtual(main(), clock=clock) == 2 * seconds
+
+
 def test_timers_fire_in_virtual_time_order_with_fifo_ties() -> None:
     """call_later callbacks run in order of their due time; equal times keep insertion order."""
     order: list[tuple[float, str]] = []

@@ -23,6 +23,7 @@ PUBLIC_MODULES = [
     "breaker",
     "ratelimit",
     "redis_ratelimit",
+    "adaptive",
     "logs",
 ]
 # Subsystems: their main names at top level, the rest (metric names, span schema, the
@@ -39,6 +40,15 @@ NAMESPACES = {
         "retry_hooks",
     ],
     "sim": ["FaultProfile", "SimulatedUpstream"],
+    "client": ["ChatResult", "LLMClient", "Usage"],
+    "pipeline": [
+        "FlashcardRow",
+        "PipelineReport",
+        "VocabularyItem",
+        "WordResult",
+        "read_vocabulary",
+        "run_pipeline",
+    ],
 }
 
 

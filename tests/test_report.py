@@ -573,6 +573,10 @@ def test_repo_manifest_is_valid() -> None:
         "rate_limits",
         "primitives",
         "ratelimit_bench",
+        "success_flaky",
+        "success_rate_limited",
+        "success_outage",
+        "client_bench",
     ]
     for entry in entries:
         assert entry.path.suffix == ".ipynb"

@@ -14,6 +14,8 @@ import json
 import zlib
 from typing import Any, Final
 
+# The pipeline's contract (model names, TSV columns) is defined once, by the pipeline.
+from flashkit.pipeline import STAGE1_MODEL, STAGE2_MODEL, TSV_COLUMNS
 from flashkit.sim._lexicon import Entry, lexicon
 
 __all__ = [
@@ -33,19 +35,6 @@ __all__ = [
     "stage2_text",
 ]
 
-STAGE1_MODEL: Final = "@preset/nuance-creator"
-STAGE2_MODEL: Final = "@preset/nuance-flashcard-generator"
-TSV_COLUMNS: Final = (
-    "position",
-    "term",
-    "term_number",
-    "tab_name",
-    "primer",
-    "front",
-    "back",
-    "tags",
-    "honorific_level",
-)
 TSV_HEADER: Final = "\t".join(TSV_COLUMNS)
 STAGE1_FIELDS: Final = (
     "term_number",

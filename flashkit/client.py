@@ -1,0 +1,868 @@
+"""An LLM chat client over httpx with every flashkit primitive composed in one place.
+
+>>> async with LLMClient(provider="openrouter") as client:        # key from FLASHKIT_API_KEY
+...     result = await client.chat([{"role": "user", "content": "안녕"}], max_tokens=200)
+...     result.content, result.usage, result.attempts
+
+Each call is a retry loop (:class:`~flashkit.retry.RetryConfig` with a shared
+:class:`~flashkit.budget.RetryBudget` and an optional ``deadline``); each *attempt* passes, in
+this order:
+
+1. the **gate**: nothing is sent before a server's ``retry-after`` (from any earlier answer of
+   this client) has expired;
+2. the **limiter**: a local :class:`~flashkit.ratelimit.RateLimiter` or
+   :class:`~flashkit.ratelimit.MultiLimit` (requests and tokens), a
+   :class:`~flashkit.redis_ratelimit.RedisRateLimiter`, or an
+   :class:`~flashkit.adaptive.AdaptiveRateLimiter`; tokens are reserved as ``max_tokens`` plus a
+   prompt estimate and reconciled with the answer's ``usage`` (``adjust``);
+3. the **breaker** (:class:`~flashkit.breaker.CircuitBreaker`; 429s do not count against it);
+4. the **HTTP exchange** under ``attempt_timeout`` seconds (really cancelled), optionally
+   **hedged**: with ``hedge_after`` set, a second request goes out when the first is slow (paid
+   from the retry budget; refused → no hedge); the first good answer wins, the other is cancelled.
+
+Answers are classified by :func:`~flashkit.errors.classify`: 429 and 5xx are retried (after at
+least their ``retry-after``), authentication and validation errors are raised at once, bodies that
+are not the expected JSON are retryable ``malformed_response`` errors. Provider rate-limit headers
+(OpenAI ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``, OpenRouter) feed the limiter.
+
+The API key is sent in the ``Authorization`` header and nowhere else: it is scrubbed from every
+error message, log record and span this client produces, and ``repr`` never shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import httpx
+from opentelemetry import trace
+
+from flashkit._headers import LimitInfo, parse_rate_limit_headers
+from flashkit.adaptive import AdaptiveRateLimiter
+from flashkit.breaker import CircuitBreaker
+from flashkit.budget import RetryBudget
+from flashkit.clock import Clock, default_clock
+from flashkit.errors import (
+    AuthenticationError,
+    ErrorCategory,
+    ExternalServiceError,
+    RateLimitError,
+    StructuredError,
+    ValidationError,
+    classify,
+    redact,
+)
+from flashkit.ratelimit import MultiLimit, RateLimiter
+from flashkit.redis_ratelimit import RedisRateLimiter
+from flashkit.retry import Jitter, RetryConfig, RetryEvent
+from flashkit.retry import retry as _retry
+from flashkit.telemetry import ClientCall, ClientInstruments, current_telemetry
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "PROVIDERS",
+    "ChatResult",
+    "LLMClient",
+    "Provider",
+    "Usage",
+]
+
+logger = logging.getLogger("flashkit.client")
+
+DEFAULT_MODEL: Final = "anthropic/claude-3.5-sonnet"
+_MAX_HEADER_HOLD: Final = 60.0  # seconds: longest hold a "remaining: 0" header can cause
+_RATELIMIT_PREFIXES: Final = (b"x-ratelimit", b"anthropic-ratelimit")
+
+Limiter = RateLimiter | MultiLimit | RedisRateLimiter | AdaptiveRateLimiter
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """Where a provider lives: ``base_url``, the environment variables its key may come from (in
+    order), and whether a key is needed at all."""
+
+    name: str
+    base_url: str
+    key_env: tuple[str, ...]
+    needs_key: bool = True
+
+
+PROVIDERS: Final[Mapping[str, Provider]] = {
+    "openrouter": Provider(
+        "openrouter", "https://openrouter.ai/api/v1", ("FLASHKIT_API_KEY", "OPENROUTER_API_KEY")
+    ),
+    "openai": Provider(
+        "openai", "https://api.openai.com/v1", ("FLASHKIT_API_KEY", "OPENAI_API_KEY")
+    ),
+    "sim": Provider("sim", "http://sim.flashkit.invalid/v1", ("FLASHKIT_API_KEY",), False),
+}
+"""Provider presets: ``openrouter`` (default), ``openai`` (any OpenAI-compatible server with
+``base_url=``) and ``sim`` (flashkit's simulated upstream, in process; no key needed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts an answer reports."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def from_json(cls, data: object) -> Usage | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            prompt = int(data.get("prompt_tokens", data.get("input_tokens", 0)) or 0)
+            completion = int(data.get("completion_tokens", data.get("output_tokens", 0)) or 0)
+            total = int(data.get("total_tokens", prompt + completion) or 0)
+        except (TypeError, ValueError):
+            return None
+        return cls(prompt, completion, total)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """One successful chat call.
+
+    ``content``: the assistant's text; ``usage``: token counts (None if not reported);
+    ``attempts``: attempts made (1 = first try); ``latency``: seconds from the call to the answer
+    (waits and retries included); ``limiter_wait``: seconds spent waiting for the limiter;
+    ``hedged``: a hedge request was sent; ``finish_reason``, ``model`` and ``request_id`` as the
+    provider reported them; ``raw``: the decoded response body.
+    """
+
+    content: str
+    model: str
+    usage: Usage | None
+    attempts: int
+    latency: float
+    limiter_wait: float = 0.0
+    hedged: bool = False
+    finish_reason: str | None = None
+    request_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+class _Call:
+    """Per-call state shared by its attempts."""
+
+    __slots__ = (
+        "attempt",
+        "content",
+        "delays",
+        "estimate",
+        "hedged",
+        "idempotent",
+        "limiter_wait",
+        "parse",
+        "parsed",
+        "prompt_estimate",
+        "rec",
+        "start",
+    )
+
+    def __init__(
+        self,
+        content: bytes,
+        estimate: int,
+        prompt_estimate: int,
+        start: float,
+        idempotent: bool,
+        parse: Callable[[str], Any] | None,
+    ) -> None:
+        self.content = content
+        self.estimate = estimate
+        self.prompt_estimate = prompt_estimate
+        self.start = start
+        self.idempotent = idempotent
+        self.parse = parse
+        self.parsed: Any = None
+        self.attempt = 0
+        self.limiter_wait = 0.0
+        self.hedged = False
+        self.rec: ClientCall | None = None
+        self.delays: list[float] = []
+
+
+_CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "flashkit_client_call", default=None
+)
+
+
+def _breaker_handles(error: BaseException) -> bool:
+    """Default breaker policy: rate limits, bad requests and bad keys say nothing about health."""
+    if isinstance(error, StructuredError):
+        return error.category not in (
+            ErrorCategory.VALIDATION,
+            ErrorCategory.AUTHENTICATION,
+            ErrorCategory.RATE_LIMIT,
+        )
+    return isinstance(error, Exception)
+
+
+def _malformed(what: str, response: httpx.Response | None = None) -> ExternalServiceError:
+    details: dict[str, Any] = {}
+    if response is not None:
+        details["status_code"] = response.status_code
+    return ExternalServiceError(
+        f"malformed response: {what}", code="malformed_response", details=details, retryable=True
+    )
+
+
+def _count_for(limit: RateLimiter, tokens: float) -> float:
+    return tokens if "token" in limit.name.lower() else 1
+
+
+class LLMClient:
+    """A chat-completions client with limiter, breaker, retries, timeouts and hedging.
+
+    Keyword-only arguments (times in seconds):
+        provider: ``"openrouter"`` (default), ``"openai"`` or ``"sim"`` (see :data:`PROVIDERS`).
+        base_url: overrides the provider's (any OpenAI-compatible ``.../v1``).
+        api_key: the key; default from ``FLASHKIT_API_KEY``, then the provider's variable
+            (``OPENROUTER_API_KEY`` / ``OPENAI_API_KEY``). Required except for ``sim``.
+        model: default model (``anthropic/claude-3.5-sonnet``).
+        max_tokens / temperature: defaults for :meth:`chat` (2000 / 0.7).
+        transport: an httpx async transport (tests, the simulator); default: the network. For
+            ``provider="sim"`` without one, a healthy in-process simulator is built.
+        limiter: requests limiter (``RateLimiter``, ``MultiLimit``, ``RedisRateLimiter`` or
+            ``AdaptiveRateLimiter``); default none. In a ``MultiLimit``, limits whose ``name``
+            contains "token" are charged the token estimate, the others 1.
+        token_limiter: tokens limiter (``RateLimiter``, ``AdaptiveRateLimiter(unit="tokens")`` or
+            ``RedisRateLimiter``); charged ``max_tokens`` + the prompt estimate, then adjusted.
+        limiter_key: the key limiters count under (``"default"``).
+        limiter_timeout: longest wait for the limiter per attempt (None: unbounded).
+        breaker: a ``CircuitBreaker``; None builds one (50 % failures of at least 20 calls in 30 s
+            open it for 5 s; 429s are not failures); False: no breaker.
+        retry: a ``RetryConfig``; default 5 attempts, full jitter from 0.5 s up to 30 s,
+            ``retry-after`` honoured up to 120 s. Its clock and budget are replaced by this
+            client's.
+        budget: a ``RetryBudget`` shared by all calls; None builds ``RetryBudget.finagle()``;
+            False: none.
+        attempt_timeout: seconds per HTTP exchange (60.0; None: unbounded).
+        deadline: seconds for a whole call, waits and retries included (None: unbounded).
+        hedge_after: send a second request when the first has not answered after this many
+            seconds (None: no hedging). Only for idempotent calls.
+        headers: extra HTTP headers (e.g. OpenRouter's ``HTTP-Referer`` / ``X-Title``).
+        clock: a :class:`~flashkit.clock.Clock` for every part (default: ``default_clock()``).
+        name: names the breaker and telemetry.
+    """
+
+    def __init__(
+        self,
+        *,
+        provider: Literal["openrouter", "openai", "sim"] | str = "openrouter",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = 2000,
+        temperature: float | None = 0.7,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limiter: Limiter | None = None,
+        token_limiter: RateLimiter | AdaptiveRateLimiter | RedisRateLimiter | None = None,
+        limiter_key: str = "default",
+        limiter_timeout: float | None = None,
+        breaker: CircuitBreaker | Literal[False] | None = None,
+        retry: RetryConfig | None = None,
+        budget: RetryBudget | Literal[False] | None = None,
+        attempt_timeout: float | None = 60.0,
+        deadline: float | None = None,
+        hedge_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        name: str = "llm",
+    ) -> None:
+        preset = PROVIDERS.get(provider)
+        if preset is None:
+            raise ValidationError(
+                f"LLMClient(provider={provider!r}): unknown provider; use one of "
+                f"{sorted(PROVIDERS)} (any OpenAI-compatible server: provider='openai', "
+                "base_url='https://host/v1')",
+                code="invalid_config",
+                details={"field": "provider"},
+            )
+        self.provider = preset.name
+        self.base_url = (base_url or preset.base_url).rstrip("/")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValidationError(
+                f"LLMClient(base_url={self.base_url!r}): must start with http:// or https://",
+                code="invalid_config",
+                details={"field": "base_url"},
+            )
+        key = api_key
+        if key is None:
+            for variable in preset.key_env:
+                if found := os.environ.get(variable):
+                    key = found
+                    break
+        if not key and preset.needs_key:
+            raise AuthenticationError(
+                f"LLMClient(provider={preset.name!r}): no API key configured; pass api_key=... or "
+                f"set one of {', '.join(preset.key_env)} (provider='sim' needs none)",
+                code="missing_api_key",
+            )
+        if not key and preset.name == "sim":
+            key = "sk-sim-local"  # the simulator wants some bearer token; any will do
+        self._secret = key or ""
+        self.model = model
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValidationError(
+                f"LLMClient(max_tokens={max_tokens!r}): must be an int >= 1, e.g. 2000",
+                code="invalid_config",
+                details={"field": "max_tokens"},
+            )
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        for label, value in (
+            ("attempt_timeout", attempt_timeout),
+            ("deadline", deadline),
+            ("hedge_after", hedge_after),
+            ("limiter_timeout", limiter_timeout),
+        ):
+            if value is not None and not (isinstance(value, int | float) and value > 0):
+                raise ValidationError(
+                    f"LLMClient({label}={value!r}): must be seconds > 0 or None",
+                    code="invalid_config",
+                    details={"field": label},
+                )
+        self.attempt_timeout = attempt_timeout
+        self.hedge_after = hedge_after
+        self.limiter_timeout = limiter_timeout
+        self.clock = clock if clock is not None else default_clock()
+        self._now = self.clock.now
+        self.name = name
+
+        self.upstream: Any = None  # the in-process simulator, when this client built one
+        if transport is None and preset.name == "sim" and base_url is None:
+            from flashkit.sim import FaultProfile, SimulatedUpstream
+
+            self.upstream = SimulatedUpstream(FaultProfile.preset("healthy"), clock=self.clock)
+            transport = self.upstream.transport()
+
+        default_headers = {"content-type": "application/json", "accept": "application/json"}
+        if headers:
+            default_headers.update(headers)
+        if self._secret:
+            default_headers["authorization"] = f"Bearer {self._secret}"
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            transport=transport,
+            headers=default_headers,
+            timeout=httpx.Timeout(None if attempt_timeout is None else attempt_timeout + 5.0),
+        )
+        self._url = "/chat/completions"
+
+        # --- limiters ---------------------------------------------------------------------
+        self.limiter = limiter
+        self.token_limiter = token_limiter
+        self.limiter_key = limiter_key
+        self._adaptive: tuple[AdaptiveRateLimiter, ...] = tuple(
+            lim for lim in (limiter, token_limiter) if isinstance(lim, AdaptiveRateLimiter)
+        )
+        # A user's MultiLimit is acquired atomically; separate limiters one after the other
+        # (requests, then tokens), each on its cheap fast path.
+        self._multi: MultiLimit | None = limiter if isinstance(limiter, MultiLimit) else None
+        self._token_adjust: list[RateLimiter | AdaptiveRateLimiter] = []
+        if isinstance(token_limiter, RateLimiter | AdaptiveRateLimiter):
+            self._token_adjust.append(token_limiter)
+        if isinstance(limiter, MultiLimit):
+            self._token_adjust.extend(lim for lim in limiter.limits if "token" in lim.name.lower())
+        self._has_limiter = limiter is not None or token_limiter is not None
+
+        # --- breaker, budget, retry -------------------------------------------------------
+        if breaker is None:
+            breaker = CircuitBreaker(
+                failure_threshold=0.5,
+                min_throughput=20,
+                sampling_duration=30.0,
+                break_duration=5.0,
+                handled=_breaker_handles,
+                name=name,
+                clock=self.clock,
+            )
+        self.breaker: CircuitBreaker | None = breaker or None
+        if budget is None:
+            budget = RetryBudget.finagle(clock=self.clock)
+        self.budget: RetryBudget | None = budget or None
+        on_retry: Callable[[RetryEvent], None] = self._on_retry
+        on_giveup: Callable[[RetryEvent], None] = self._on_giveup
+        if retry is None:
+            config = RetryConfig(
+                5,
+                0.5,
+                30.0,
+                2.0,
+                Jitter.FULL,
+                deadline=deadline,
+                max_retry_after=120.0,
+                budget=self.budget,
+                clock=self.clock,
+                on_retry=on_retry,
+                on_giveup=on_giveup,
+            )
+        else:
+            config = dataclasses.replace(
+                retry,
+                budget=self.budget,
+                clock=self.clock,
+                deadline=deadline if deadline is not None else retry.deadline,
+                attempt_timeout=None,  # applied by the client to the HTTP exchange only
+                on_retry=_chain(on_retry, retry.on_retry),
+                on_giveup=_chain(on_giveup, retry.on_giveup),
+            )
+        self.retry_config = config
+        self._run: Callable[[_Call], Awaitable[ChatResult]] = _retry(config)(self._attempt)
+
+        # Client-wide gate: no request before this clock time (a server's retry-after).
+        self._blocked_until = -1.0e300
+        self._instruments = ClientInstruments(clock=self.clock)
+        self._host = self._http.base_url.host
+
+    # --- public API -----------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (
+            f"LLMClient(provider={self.provider!r}, base_url={self.base_url!r}, "
+            f"model={self.model!r}, api_key={'set' if self._secret else 'unset'})"
+        )
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self._http.aclose()
+
+    async def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        idempotent: bool = True,
+        parse: Callable[[str], Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        stage: int | str | None = None,
+    ) -> ChatResult:
+        """Send one chat completion; return a :class:`ChatResult` or raise a
+        :class:`~flashkit.errors.StructuredError` (``RetryExhausted`` when retries ran out).
+
+        ``model``/``max_tokens``/``temperature`` default to the client's. ``idempotent=False``
+        disables hedging for this call. ``parse(content)``, if given, runs inside the retry loop:
+        when it raises ``ValueError``/``KeyError``/``TypeError`` the answer is treated as a
+        retryable ``unparsable_output`` error; its result is returned as ``result.raw["parsed"]``.
+        ``extra`` adds fields to the request body; ``stage`` labels the call's telemetry.
+        """
+        tokens = self.max_tokens if max_tokens is None else max_tokens
+        body: dict[str, Any] = {"model": model or self.model, "messages": list(messages)}
+        body["max_tokens"] = tokens
+        temp = self.temperature if temperature is None else temperature
+        if temp is not None:
+            body["temperature"] = temp
+        if extra:
+            body.update(extra)
+        content = json.dumps(body, ensure_ascii=False).encode()
+        prompt_estimate = len(content) // 3 + 8
+        call = _Call(
+            content,
+            prompt_estimate + tokens,
+            prompt_estimate,
+            self._now(),
+            idempotent,
+            parse,
+        )
+        token = _CURRENT.set(call)
+        try:
+            if not self._telemetry_on():
+                return await self._run(call)
+            with self._instruments.call(
+                model=body["model"],
+                stage=stage,
+                attributes={"client.name": self.name, "server.address": self._host},
+            ) as rec:
+                call.rec = rec
+                try:
+                    result: ChatResult = await self._run(call)
+                except StructuredError as error:
+                    self._scrub(error)  # before the span records it
+                    raise
+                if result.usage is not None:
+                    rec.add_tokens(
+                        input_tokens=result.usage.prompt_tokens,
+                        output_tokens=result.usage.completion_tokens,
+                    )
+                return result
+        except StructuredError as error:
+            self._scrub(error)
+            raise
+        finally:
+            _CURRENT.reset(token)
+
+    async def generate_flashcard(
+        self,
+        word: Any,
+        stage: int,
+        *,
+        stage1: Any = None,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> dict[str, Any]:
+        """The action plan's call: stage 1 (nuance JSON) or stage 2 (flashcard TSV rows) for one
+        vocabulary word, parsed and validated (unparsable answers are retried).
+
+        ``word`` is a :class:`flashkit.pipeline.VocabularyItem`, a term, or a mapping with
+        ``position``/``term``/``type``. Stage 2 needs ``stage1=`` (the stage-1 result or dict).
+        Returns ``{"stage", "position", "term", "result", "attempts", "usage", "latency"}`` where
+        ``result`` is the stage-1 dict or the list of stage-2 row dicts.
+        """
+        from flashkit import pipeline
+
+        item = pipeline.VocabularyItem.coerce(word)
+        messages, parse = pipeline.stage_request(item, stage, stage1)
+        chat = await self.chat(
+            messages,
+            model=model or pipeline.stage_model(stage, self.model),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            parse=parse,
+            stage=stage,
+        )
+        parsed = chat.raw.get("parsed")
+        return {
+            "stage": stage,
+            "position": item.position,
+            "term": item.term,
+            "result": pipeline.to_jsonable(parsed),
+            "attempts": chat.attempts,
+            "usage": dataclasses.asdict(chat.usage) if chat.usage is not None else None,
+            "latency": chat.latency,
+        }
+
+    # --- one attempt ---------------------------------------------------------------------------
+    async def _attempt(self, call: _Call) -> ChatResult:
+        call.attempt += 1
+        now = self._now()
+        if self._blocked_until > now:
+            await self._wait_gate(now)
+        if self._has_limiter:
+            await self._admit(call)
+        breaker = self.breaker
+        try:
+            if breaker is None:
+                response, data = await self._exchange(call)
+            else:
+                async with breaker.guard():
+                    response, data = await self._exchange(call)
+        except StructuredError as error:
+            self._record(call, error, None)
+            raise
+        except Exception as error:  # a bug or an unexpected transport failure: never retried
+            wrapped = classify(error) or ExternalServiceError(str(error))
+            self._record(call, wrapped, None)
+            raise wrapped from error
+        result = self._result(call, response, data)
+        self._record(call, None, response.status_code)
+        return result
+
+    async def _admit(self, call: _Call) -> None:
+        key = self.limiter_key
+        timeout = self.limiter_timeout
+        waited = 0.0
+        while True:
+            if self._multi is not None:
+                counts = [_count_for(lim, call.estimate) for lim in self._multi.limits]
+                waited += await self._multi.acquire(key, counts, timeout)
+                if self.token_limiter is not None:
+                    waited += await self.token_limiter.acquire(key, call.estimate, timeout)
+            else:
+                if self.limiter is not None:
+                    waited += await self.limiter.acquire(key, 1, timeout)
+                if self.token_limiter is not None:
+                    waited += await self.token_limiter.acquire(key, call.estimate, timeout)
+            # A retry-after may have arrived while waiting: honour it, then go.
+            now = self._now()
+            if self._blocked_until <= now:
+                break
+            await self._wait_gate(now)
+        call.limiter_wait += waited
+
+    async def _wait_gate(self, now: float) -> None:
+        """Sleep until the client-wide retry-after has passed, or fail at once when it is longer
+        than the retry policy accepts (``max_retry_after``)."""
+        wait = self._blocked_until - now
+        if wait > self.retry_config.max_retry_after:
+            raise RateLimitError(
+                f"{self.name}: the server asked every request to wait {wait:.3g} s, more than "
+                f"max_retry_after={self.retry_config.max_retry_after:g} s",
+                code="retry_after_too_long",
+                retry_after=wait,
+            )
+        await self.clock.async_sleep(wait)
+
+    async def _exchange(self, call: _Call) -> tuple[httpx.Response, dict[str, Any]]:
+        """Send (maybe hedged) under the attempt timeout, classify, decode. Raises
+        StructuredError for every failure."""
+        limit = self.attempt_timeout
+        try:
+            if limit is None:
+                response = await self._send(call)
+            else:
+                async with asyncio.timeout(limit):
+                    response = await self._send(call)
+        except TimeoutError as error:
+            raise ExternalServiceError(
+                f"attempt {call.attempt} timed out after {limit:g} s",
+                code="attempt_timeout",
+                details={"attempt": call.attempt, "timeout": limit},
+                original_exception=error,
+            ) from error
+        except httpx.HTTPError as error:
+            raise (classify(error) or ExternalServiceError(str(error))) from error
+        status = response.status_code
+        failure = classify(response) if status >= 400 else None
+        self._learn(call, response, failure)
+        if failure is not None:
+            raise failure
+        try:
+            data = json.loads(response.content)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise _malformed(
+                f"the body is not JSON ({type(error).__name__} at {len(response.content)} bytes)",
+                response,
+            ) from error
+        if not isinstance(data, dict):
+            raise _malformed(f"expected a JSON object, got {type(data).__name__}", response)
+        return response, data
+
+    async def _send(self, call: _Call) -> httpx.Response:
+        hedge_after = self.hedge_after
+        if hedge_after is None or not call.idempotent:
+            return await self._http.post(self._url, content=call.content)
+        first: asyncio.Future[httpx.Response] = asyncio.ensure_future(
+            self._http.post(self._url, content=call.content)
+        )
+        started, _ = await asyncio.wait((first,), timeout=hedge_after)
+        if started or not self._may_hedge(call):
+            return await first
+        call.hedged = True
+        second: asyncio.Future[httpx.Response] = asyncio.ensure_future(
+            self._http.post(self._url, content=call.content)
+        )
+        pending: set[asyncio.Future[httpx.Response]] = {first, second}
+        fallback: asyncio.Future[httpx.Response] | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None and task.result().status_code < 400:
+                        return task.result()
+                    if fallback is None:
+                        fallback = task
+            if fallback is None:  # pragma: no cover - asyncio.wait returns at least one
+                raise RuntimeError("hedging: no request finished")
+            return fallback.result()  # neither answered well: the first answer decides
+        finally:
+            for task in pending:
+                task.cancel()
+            for task in (first, second):
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: no "never retrieved" warnings
+
+    def _may_hedge(self, call: _Call) -> bool:
+        """A hedge is an extra request: paid from the retry budget and the limiter, never
+        waited for."""
+        if self.budget is not None and not self.budget.try_acquire_retry():
+            return False
+        key = self.limiter_key
+        if self._multi is not None:
+            counts = [_count_for(lim, call.estimate) for lim in self._multi.limits]
+            return self._multi.try_acquire(key, counts).allowed
+        if isinstance(self.limiter, RateLimiter | AdaptiveRateLimiter):
+            if not self.limiter.try_acquire(key, 1).allowed:
+                return False
+        elif self.limiter is not None:
+            return False  # shared limiters: no free-riding hedges
+        return True
+
+    def _learn(self, call: _Call, response: httpx.Response, error: StructuredError | None) -> None:
+        """Feed the rate-limit headers and a retry-after to the gate and the limiters."""
+        status = response.status_code
+        retry_after = error.retry_after if error is not None else None
+        if retry_after is not None and retry_after > 0:
+            until = self._now() + retry_after
+            if until > self._blocked_until:
+                self._blocked_until = until
+        requests_info: LimitInfo | None = None
+        tokens_info: LimitInfo | None = None
+        for raw_key, _ in response.headers.raw:
+            if raw_key.lower().startswith(_RATELIMIT_PREFIXES):
+                parsed = parse_rate_limit_headers(response.headers)
+                requests_info, tokens_info = parsed.requests, parsed.tokens
+                for info in (requests_info, tokens_info):
+                    if info is not None and info.remaining is not None and info.remaining < 1:
+                        step = info.unit_interval
+                        if step is not None and step > 0:
+                            until = self._now() + min(step, _MAX_HEADER_HOLD)
+                            if until > self._blocked_until:
+                                self._blocked_until = until
+                break
+        for adaptive in self._adaptive:
+            info = tokens_info if adaptive.unit == "tokens" else requests_info
+            adaptive.observe_limits(info, status=status, retry_after=retry_after)
+        if self._token_adjust and status >= 400:
+            # Rejected: the answer's tokens were never generated; keep the prompt's.
+            for limit in self._token_adjust:
+                limit.adjust(self.limiter_key, call.prompt_estimate, estimated_count=call.estimate)
+
+    def _result(self, call: _Call, response: httpx.Response, data: dict[str, Any]) -> ChatResult:
+        try:
+            choice = data["choices"][0]
+            content = choice["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            error_body = data.get("error")
+            if isinstance(error_body, dict):  # OpenRouter: 200 with an upstream error inside
+                raise ExternalServiceError(
+                    f"upstream error in a 200 answer: {str(error_body.get('message', ''))[:300]}",
+                    code="upstream_error",
+                    details={"status_code": response.status_code},
+                    retryable=True,
+                ) from None
+            raise _malformed("no choices[0].message.content", response) from None
+        if not isinstance(content, str):
+            raise _malformed("message content is not text", response)
+        usage = Usage.from_json(data.get("usage"))
+        if usage is not None and self._token_adjust:
+            for limit in self._token_adjust:
+                limit.adjust(self.limiter_key, usage.total_tokens, estimated_count=call.estimate)
+        if call.parse is not None:
+            try:
+                data["parsed"] = call.parse(content)
+            except (ValueError, KeyError, TypeError) as error:
+                raise ExternalServiceError(
+                    f"unparsable model output: {type(error).__name__}: {str(error)[:300]}",
+                    code="unparsable_output",
+                    details={"finish_reason": choice.get("finish_reason")},
+                    retryable=True,
+                ) from error
+        return ChatResult(
+            content=content,
+            model=str(data.get("model") or ""),
+            usage=usage,
+            attempts=call.attempt,
+            latency=self._now() - call.start,
+            limiter_wait=call.limiter_wait,
+            hedged=call.hedged,
+            finish_reason=choice.get("finish_reason"),
+            request_id=data.get("id") or response.headers.get("x-request-id"),
+            raw=data,
+        )
+
+    # --- telemetry and logs ----------------------------------------------------------------------
+    def _telemetry_on(self) -> bool:
+        """Spans and metrics only when someone collects them (cheap when telemetry is off)."""
+        return current_telemetry() is not None or not isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+        )
+
+    def _record(self, call: _Call, error: StructuredError | None, status: int | None) -> None:
+        """One ``flashkit.attempt`` event on the call's span (schema: flashkit.telemetry)."""
+        rec = call.rec
+        if rec is None:
+            return
+        if error is not None:
+            self._scrub(error)
+            if status is None:
+                code = error.details.get("status_code")
+                status = code if isinstance(code, int) else None
+        rec.attempt(
+            delay=call.delays[-1] if len(call.delays) >= call.attempt - 1 > 0 else 0.0,
+            retry_after=error.retry_after if error is not None else None,
+            breaker_state=self.breaker._state if self.breaker is not None else None,
+            limiter_wait=call.limiter_wait if self._has_limiter else None,
+            status_code=status,
+            error=error,
+            limiter=self.name,
+        )
+
+    def _on_retry(self, event: RetryEvent) -> None:
+        call = _CURRENT.get()
+        if call is not None:
+            call.delays.append(event.delay)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s: attempt %d failed (%s); retrying in %.3f s",
+                self.name,
+                event.attempt,
+                self._clean(str(event.error)),
+                event.delay,
+            )
+
+    def _on_giveup(self, event: RetryEvent) -> None:
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s: giving up after %d attempt(s) (%s): %s",
+                self.name,
+                event.attempt,
+                event.reason,
+                self._clean(str(event.error)),
+            )
+
+    def _clean(self, text: str) -> str:
+        text = redact(text)
+        if self._secret and self._secret in text:
+            text = text.replace(self._secret, "[REDACTED]")
+        return text
+
+    def _scrub(self, error: BaseException) -> None:
+        """Remove the key from an error and everything chained to it (messages and details)."""
+        secret = self._secret
+        if not secret:
+            return
+        seen: set[int] = set()
+        current: BaseException | None = error
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            if isinstance(current, StructuredError):
+                if secret in current.message:
+                    current.message = current.message.replace(secret, "[REDACTED]")
+                if current.details and secret in json.dumps(current.details, default=str):
+                    current.details = json.loads(
+                        json.dumps(current.details, default=str).replace(secret, "[REDACTED]")
+                    )
+            if any(secret in str(arg) for arg in current.args):
+                current.args = tuple(
+                    str(arg).replace(secret, "[REDACTED]") if secret in str(arg) else arg
+                    for arg in current.args
+                )
+            current = current.__cause__ or current.__context__
+
+
+def _chain(
+    first: Callable[[RetryEvent], None], second: Callable[[RetryEvent], None] | None
+) -> Callable[[RetryEvent], None]:
+    if second is None:
+        return first
+
+    def both(event: RetryEvent) -> None:
+        first(event)
+        second(event)
+
+    return both

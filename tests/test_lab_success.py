@@ -1,0 +1,148 @@
+"""flashkit.lab.success: the before/after/peer success metrics, in virtual time (small N)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from flashkit.clock import VirtualClock
+from flashkit.lab.success import (
+    OriginalCircuitBreaker,
+    OriginalCircuitOpen,
+    Workload,
+    load_words,
+    parse_stage1,
+    parse_stage2,
+    run_policy,
+    run_success_metrics,
+    sent_in_retry_after,
+    target_verdicts,
+)
+
+pytest.importorskip("tenacity")
+pytest.importorskip("aiolimiter")
+pytest.importorskip("pybreaker")
+
+
+@pytest.fixture(scope="module")
+def flaky():  # type: ignore[no-untyped-def]
+    return run_success_metrics("flaky", seed=3, words=30)
+
+
+@pytest.fixture(scope="module")
+def rate_limited():  # type: ignore[no-untyped-def]
+    return run_success_metrics("rate_limited", seed=2, words=20)
+
+
+def test_every_policy_completes_every_word(flaky) -> None:  # type: ignore[no-untyped-def]
+    assert list(flaky.metrics.index) == ["before", "after", "peer"]
+    for run in flaky.runs.values():
+        assert len(run.words) == 30
+        assert (run.words["end"] >= run.words["start"]).all()
+    assert (flaky.metrics["succeeded"] + flaky.metrics["failed"] == 30).all()
+
+
+def test_metrics_come_from_real_counts(flaky) -> None:  # type: ignore[no-untyped-def]
+    for policy, run in flaky.runs.items():
+        row = flaky.metrics.loc[policy]
+        succeeded = int(run.words["ok"].sum())
+        assert row["succeeded"] == succeeded
+        assert row["error_rate"] == pytest.approx((30 - succeeded) / 30)
+        # The upstream's own count, which the client-side log must agree with.
+        assert row["upstream_requests"] == run.stats["requests"] == len(run.exchanges)
+        expected = run.stats["requests"] / succeeded if succeeded else math.inf
+        assert row["amplification"] == pytest.approx(expected)
+        assert row["rate_limited_429"] == sum(run.stats["rate_limited"].values())
+        ok = run.words.loc[run.words["ok"], "latency"]
+        if len(ok):
+            assert row["p99_latency"] == pytest.approx(ok.quantile(0.99))
+        assert row["completion_seconds"] == pytest.approx(run.words["end"].max())
+    # Every word needs at least its two calls.
+    after = flaky.metrics.loc["after"]
+    assert after["upstream_requests"] >= 2 * after["succeeded"]
+
+
+def test_before_ignores_retry_after_and_after_never_does(rate_limited) -> None:  # type: ignore[no-untyped-def]
+    before = rate_limited.metrics.loc["before"]
+    assert before["rate_limited_429"] > 0
+    assert before["sent_in_retry_after"] > 0
+    assert rate_limited.metrics.loc["after"]["sent_in_retry_after"] == 0
+
+
+def test_after_honours_retry_after_when_it_does_get_429s() -> None:
+    """Without a limiter the client meets 429s, and still never sends inside their window."""
+    run = run_policy("after", "rate_limited", Workload(words=20), seed=2, after_limiter="none")
+    assert run.stats["rate_limited_total"] > 0
+    assert run.exchanges["retry_after"].notna().any()
+    assert sent_in_retry_after(run.exchanges) == 0
+
+
+def test_runs_are_deterministic_from_the_seed() -> None:
+    workload = Workload(words=15)
+    for policy in ("before", "after", "peer"):
+        first = run_policy(policy, "flaky", workload, seed=5)
+        again = run_policy(policy, "flaky", workload, seed=5)
+        pd.testing.assert_frame_equal(first.words, again.words)
+        pd.testing.assert_frame_equal(first.exchanges, again.exchanges)
+        assert first.stats == again.stats
+        assert first.breaker_trips == again.breaker_trips
+    other = run_policy("after", "flaky", workload, seed=6)
+    assert not other.exchanges.equals(first.exchanges) or other.stats != first.stats
+
+
+def test_verdicts_report_zero_baselines_as_not_applicable() -> None:
+    metrics = pd.DataFrame(
+        {
+            "error_rate": [0.2, 0.05],
+            "p99_latency": [10.0, 8.0],
+            "breaker_trips": [0, 0],
+            "succeeded": [80, 95],
+        },
+        index=pd.Index(["before", "after"], name="policy"),
+    )
+    verdicts = target_verdicts(metrics)
+    assert verdicts.error_rate.met is True
+    assert verdicts.error_rate.change == pytest.approx(-0.75)
+    assert verdicts.p99_latency.met is False
+    assert verdicts.breaker_trips.met is None
+    assert verdicts.breaker_trips.verdict == "n/a (0 before)"
+    assert not verdicts.all_met
+    assert set(verdicts.to_dict()) == {"error_rate", "p99_latency", "breaker_trips"}
+
+
+def test_original_breaker_keeps_its_flaws() -> None:
+    clock = VirtualClock()
+    breaker = OriginalCircuitBreaker(5, 60.0, clock=clock)
+    for _ in range(4):
+        breaker._on_failure()
+    for _ in range(100):
+        breaker._on_success()  # closed: the count is never reset
+    breaker._on_failure()
+    assert breaker.state == "open"
+    assert breaker.trips == 1
+    with pytest.raises(OriginalCircuitOpen):
+        breaker._before_call()
+    clock.advance(60.0)
+    for _ in range(10):  # half-open admits every caller
+        breaker._before_call()
+    assert breaker.state == "half_open"
+    breaker._on_success()
+    assert breaker.state == "closed"
+    assert breaker.failure_count == 0
+
+
+def test_parsers_and_words() -> None:
+    words = load_words(300)
+    assert len(words) == 300
+    assert words[0].position == 1
+    assert words[291].term == words[0].term  # the lexicon repeats with new positions
+    with pytest.raises(KeyError):
+        parse_stage1('{"term": "나"}')
+    with pytest.raises(ValueError, match="no valid data rows"):
+        parse_stage2(
+            "position\tterm\tterm_number\ttab_name\tprimer\tfront\tback\ttags\thonorific_level"
+        )
+    rows = parse_stage2("1\t나\t1\tScene\tp\tf\tb\tt\tcasual\n")
+    assert rows[0]["tab_name"] == "Scene"
