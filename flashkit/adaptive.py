@@ -15,8 +15,10 @@ How it learns (times in seconds, read from ``clock``; rates in units per ``perio
   limit is found quickly. Before the first 429 the rate doubles per clean interval (slow start).
 - **Multiplicative decrease.** A 429 cuts the rate to ``backoff_ratio`` times itself (0.9, as in
   Netflix's AIMD) — at most once per ``interval``, since the 429s of calls already in flight say
-  nothing new — and never below what the upstream demonstrably accepted in the last interval
-  unless that is less than half the rate (a sharp drop of the real limit is followed at once).
+  nothing new — and never below what the upstream demonstrably accepted lately (successes per
+  second over the last interval, or over enough intervals to hold about 20 successes at the
+  current rate, at most 10) unless that is less than half the rate (a sharp drop of the real
+  limit is followed at once).
   ``retry_after`` blocks every grant until it has passed.
 - **Header-informed jumps.** When a response carries rate-limit headers (OpenAI
   ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``, OpenRouter ``x-ratelimit-*``) with a
@@ -52,6 +54,8 @@ __all__ = ["AdaptiveRateLimiter", "AdaptiveStats"]
 
 _EPS: Final = 1e-9
 _MAX_ACCELERATION: Final = 8
+_ACCEPTED_SAMPLES: Final = 20  # successes wanted in the window that measures acceptance
+_ACCEPTED_INTERVALS: Final = 10  # ... but it spans at most this many intervals
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +186,7 @@ class AdaptiveRateLimiter:
         now = self._now()
         self._interval_end = now + self.interval
         self._interval_start = now
+        self._created = now
         self._iv_grants = 0.0
         self._iv_successes = 0
         self._iv_limited = 0
@@ -278,10 +283,7 @@ class AdaptiveRateLimiter:
             if now < self._hold_until:
                 return
             self._in_slow_start = False
-            recent = self._recent
-            while recent and recent[0] <= now - self.interval:
-                recent.popleft()
-            accepted = len(recent) / self.interval  # successes per second, last interval
+            accepted = self._accepted(now)
             # Decrease multiplicatively, and straight to what the upstream accepted when that is
             # lower (a sharp drop of the real limit), but never below half in one step.
             new = max(min(self._rps * self.backoff_ratio, accepted), self._rps * 0.5)
@@ -290,6 +292,23 @@ class AdaptiveRateLimiter:
             self._decreases += 1
             self._hold_until = now + self.interval
             self._set_rps(new, now)
+
+    def _accepted(self, now: float) -> float:
+        """Successes per second the upstream accepted lately. Lock held.
+
+        Counted over the last ``interval``, or longer when the current rate would put fewer than
+        ``_ACCEPTED_SAMPLES`` successes in it (at most ``_ACCEPTED_INTERVALS`` intervals, and not
+        before the limiter was built): a one-second count of a few events is mostly noise, and
+        taken as the upstream's capacity it cut the rate to half at random.
+        """
+        span = min(
+            max(self.interval, _ACCEPTED_SAMPLES / self._rps),
+            _ACCEPTED_INTERVALS * self.interval,
+        )
+        recent = self._recent
+        while recent and recent[0] <= now - span:
+            recent.popleft()
+        return len(recent) / max(min(span, now - self._created), self.interval)
 
     def _block(self, until: float) -> None:
         if until > self._blocked_until:

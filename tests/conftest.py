@@ -41,3 +41,10 @@ def close_figures() -> Iterator[None]:
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "soak: bounded real-time soak against a live server (seconds; runs by default and in CI)",
+    )

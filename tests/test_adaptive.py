@@ -194,3 +194,18 @@ def test_invalid_settings_are_explained() -> None:
         AdaptiveRateLimiter(initial_rate=0)
     with pytest.raises(ValidationError, match="unit"):
         AdaptiveRateLimiter(unit="bytes")  # type: ignore[arg-type]
+
+
+def test_a_429_at_a_low_rate_is_not_mistaken_for_a_halved_limit() -> None:
+    """At 2 per second a one-second count of successes is noise: a quiet last second before a
+    429 must not pass for the upstream's capacity (it halved the rate; the limit had not moved)."""
+    clock = VirtualClock()
+    limiter = AdaptiveRateLimiter(initial_rate=120, slow_start=False, clock=clock)
+    for _ in range(18):  # 9 s at 2 per second ...
+        clock.advance(0.5)
+        limiter.on_success()
+    clock.advance(1.5)  # ... then a quiet 1.5 s: one success in the last second
+    limiter.on_success()
+    clock.advance(0.4)
+    limiter.on_rate_limited()
+    assert limiter.rate == pytest.approx(120 * 0.9)  # the ordinary multiplicative decrease

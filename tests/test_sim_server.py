@@ -8,53 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
+from _sim_http import serving
 
 from flashkit.errors import ExternalServiceError, classify
 from flashkit.sim import STAGE1_MODEL, FaultProfile, SimulatedUpstream
 
 INSTANT = FaultProfile(latency_median=0.0, latency_p99=0.0, reject_latency=0.0)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _running(upstream: SimulatedUpstream) -> Iterator[str]:
-    port = _free_port()
-    config = uvicorn.Config(
-        upstream.asgi_app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        ws="none",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="sim-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:  # the only wait: for the server to come up
-        assert thread.is_alive(), "uvicorn exited during startup"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10.0)
-        assert not thread.is_alive(), "uvicorn did not shut down"
 
 
 @pytest.fixture
@@ -64,7 +27,8 @@ def upstream() -> SimulatedUpstream:
 
 @pytest.fixture
 def base_url(upstream: SimulatedUpstream) -> Iterator[str]:
-    yield from _running(upstream)
+    with serving(upstream) as url:
+        yield url
 
 
 def _stage1(term: str) -> dict[str, object]:
@@ -131,7 +95,7 @@ def test_outage_connection_failures_arrive_as_a_proxy_503() -> None:
     upstream = SimulatedUpstream(
         dataclasses.replace(INSTANT, outages=((0.0, 3600.0),), outage_connect_fraction=1.0)
     )
-    for base_url in _running(upstream):
+    with serving(upstream) as base_url:
         with httpx.Client(base_url=base_url, timeout=10.0) as client:
             response = client.post(
                 "/v1/chat/completions", json=_stage1("물"), headers={"Authorization": "Bearer k"}
