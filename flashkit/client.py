@@ -37,6 +37,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -254,6 +255,8 @@ class LLMClient:
             seconds (None: no hedging). Only for idempotent calls.
         headers: extra HTTP headers (e.g. OpenRouter's ``HTTP-Referer`` / ``X-Title``).
         clock: a :class:`~flashkit.clock.Clock` for every part (default: ``default_clock()``).
+        rng: the ``random.Random`` the retry jitter draws from (seed it for a reproducible run;
+            default: the retry config's).
         name: names the breaker and telemetry.
     """
 
@@ -279,6 +282,7 @@ class LLMClient:
         hedge_after: float | None = None,
         headers: Mapping[str, str] | None = None,
         clock: Clock | None = None,
+        rng: random.Random | None = None,
         name: str = "llm",
     ) -> None:
         preset = PROVIDERS.get(provider)
@@ -409,9 +413,12 @@ class LLMClient:
                 on_retry=on_retry,
                 on_giveup=on_giveup,
             )
+            if rng is not None:
+                config = dataclasses.replace(config, rng=rng)
         else:
             config = dataclasses.replace(
                 retry,
+                rng=rng if rng is not None else retry.rng,
                 budget=self.budget,
                 clock=self.clock,
                 deadline=deadline if deadline is not None else retry.deadline,

@@ -31,10 +31,11 @@ import contextlib
 import contextvars
 import heapq
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Protocol, TypeVar, TypeVarTuple, Unpack, runtime_checkable
+from typing import Any, Final, Protocol, TypeVar, TypeVarTuple, Unpack, runtime_checkable
 
 __all__ = [
     "Clock",
@@ -126,6 +127,10 @@ class VirtualClock:
         return f"VirtualClock(now={self._now!r})"
 
 
+_STALL_LIMIT: Final = 100  # iterations at one instant with only due timers before time moves
+_MIN_STEP: Final = 1e-6  # seconds: how far time then moves
+
+
 class VirtualEventLoop(asyncio.SelectorEventLoop):
     """An asyncio event loop whose ``time()`` is a :class:`VirtualClock`.
 
@@ -143,6 +148,8 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
     def __init__(self, clock: VirtualClock | None = None) -> None:
         self.clock = clock if clock is not None else VirtualClock()
         self._executor_pending = 0
+        self._stall_at = -math.inf
+        self._stalls = 0
         # Timers live in a heap of (when, seq, handle) tuples: tuple comparison runs in C, where
         # asyncio's own heap compares TimerHandles through a Python __lt__.
         self._timer_seq = itertools.count()
@@ -210,8 +217,20 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         ready = self._ready  # type: ignore[attr-defined]
         selector = self._selector  # type: ignore[attr-defined]
         clock = self.clock
-        if ready or self._stopping or (scheduled and scheduled[0][0] <= clock._now):  # type: ignore[attr-defined]
+        if ready or self._stopping:  # type: ignore[attr-defined]
             events = selector.select(0)
+        elif scheduled and scheduled[0][0] <= clock._now:
+            events = selector.select(0)
+            # Only timers due at this very instant, again and again: a callback keeps re-arming
+            # one for a remainder that rounds to nothing. Real time would pass; let some pass.
+            if clock._now == self._stall_at:
+                self._stalls += 1
+                if self._stalls >= _STALL_LIMIT:
+                    clock._now += _MIN_STEP
+                    self._stalls = 0
+            else:
+                self._stall_at = clock._now
+                self._stalls = 0
         elif not scheduled or self._executor_pending:
             # Nothing scheduled (only another thread or real I/O can wake us), or executor
             # threads are working, whose work takes no virtual time: wait for real.

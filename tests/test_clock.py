@@ -82,6 +82,31 @@ def test_sleeps_far_into_virtual_time_finish(seconds: float) -> None:
     assert run_virtual(main(), clock=clock) == 2 * seconds
 
 
+def test_a_timer_rearmed_at_the_same_instant_forever_lets_time_pass() -> None:
+    """aiolimiter's waker re-arms itself at ``last_check + needed / rate``; when ``needed`` is a
+    rounding remainder that time sum is now itself. After 100 such turns time moves 1 us."""
+    clock = VirtualClock(1e6)
+    turns = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def check() -> None:
+            turns.append(loop.time())
+            if loop.time() > 1e6:
+                done.set_result(None)
+            else:
+                loop.call_at(loop.time() + 1e-12, check)  # rounds to now at 1e6 s
+
+        loop.call_at(1e6, check)
+        await done
+
+    run_virtual(main(), clock=clock)
+    assert turns[-1] == 1e6 + 1e-6
+    assert 100 <= len(turns) <= 102
+
+
 def test_timers_fire_in_virtual_time_order_with_fifo_ties() -> None:
     """call_later callbacks run in order of their due time; equal times keep insertion order."""
     order: list[tuple[float, str]] = []

@@ -20,11 +20,12 @@ profile and seed, on its own :class:`~flashkit.clock.VirtualClock`:
 - ``after`` — :class:`flashkit.client.LLMClient` with its default breaker and retry budget,
   :data:`AFTER_RETRY` (10 attempts, full jitter 1–60 s, ``retry-after`` honoured) with a seeded
   ``rng``, parsing inside the retry loop, and a limiter (``after_limiter``): ``"sized"`` (default)
-  paces requests at the profile's own rpm (GCRA, burst 1: evenly spaced, so a burst can never
-  meet a fixed window or the token limit all at once) and holds tokens in a sliding window at its
-  tpm (fixed windows count ``max_tokens``, so the token limit is what binds there); for a profile
-  without limits it is the original's 600 rpm, so that both policies offer the same pace and
-  differ only in retry and breaker. ``"adaptive"``: an
+  mirrors the profile's request limit — against a continuously refilled bucket, a token bucket
+  of the same rate and burst; against fixed windows, GCRA pacing with burst 1 (evenly spaced, so
+  a burst can never meet a window or the token limit all at once) — and holds tokens in a sliding
+  window at its tpm (fixed windows count ``max_tokens``, so the token limit is what binds
+  there); for a profile without limits it is the original's 600 rpm, so that both policies offer
+  the same pace and differ only in retry and breaker. ``"adaptive"``: an
   :class:`~flashkit.adaptive.AdaptiveRateLimiter` starting at 60 rpm and learning from the
   headers; ``"none"``: no limiter.
 - ``peer`` — what a careful engineer assembles from the peers' own documentation: tenacity
@@ -599,8 +600,17 @@ def _after_client(
     token_limiter: RateLimiter | None = None
     if after_limiter == "sized":
         rpm, tpm = _limits_for(profile)
-        limiter = RateLimiter(rpm, 60.0, "gcra", clock=clock, name="requests")
+        if profile.limit_mode == "token_bucket":
+            # The upstream refills continuously and lets a full minute's worth go at once:
+            # mirror its request bucket, burst included (even pacing would leave it unused).
+            limiter = RateLimiter(
+                rpm, 60.0, "token_bucket", burst=rpm, clock=clock, name="requests"
+            )
+        else:
+            limiter = RateLimiter(rpm, 60.0, "gcra", clock=clock, name="requests")
         if tpm is not None:
+            # A sliding window (never more than tpm in any minute: within either upstream's
+            # rule), whose refunds of unused max_tokens are exact for every grant.
             token_limiter = RateLimiter(tpm, 60.0, clock=clock, name="tokens")
     elif after_limiter == "adaptive":
         limiter = AdaptiveRateLimiter(initial_rate=60.0, period=60.0, clock=clock)
