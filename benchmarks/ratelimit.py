@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from primitives import async_loop, measure, sync_loop
 
 from flashkit import RateLimiter, ShardedRateLimiter
-from flashkit.lab.ratelimit import max_in_window
+from flashkit.lab.ratelimit import burst_times, max_in_window
 
 HUGE = 10**9
 
@@ -91,22 +91,6 @@ def cost_cases(loop: asyncio.AbstractEventLoop) -> dict[str, dict[str, Callable[
 
 
 # --- 2. the burst test ------------------------------------------------------------------------
-async def burst(acquire: Callable[[], Awaitable[Any]], tasks: int, total: int) -> list[float]:
-    start = time.monotonic()
-    times: list[float] = []
-    left = total
-
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            await acquire()
-            times.append(time.monotonic() - start)
-
-    await asyncio.gather(*(worker() for _ in range(tasks)))
-    return times
-
-
 def _limits_acquire(strategy: Any, item: Any) -> Callable[[], Awaitable[None]]:
     async def acquire() -> None:
         while not await strategy.hit(item):
@@ -152,7 +136,7 @@ def run_burst_test(
         for phase in phases:
             now = time.time()
             time.sleep((phase - (now % 1.0)) % 1.0)  # start at this fraction of a wall second
-            times = asyncio.run(burst(make(), tasks, total))
+            times = asyncio.run(burst_times(make(), tasks, total))
             maxima.append(max_in_window(times, 1.0))
             after.append(max_in_window(times, 1.0, after=1.0))
             totals.append(max(times))

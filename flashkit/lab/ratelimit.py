@@ -27,6 +27,7 @@ from flashkit.ratelimit import RateLimiter, ShardedRateLimiter
 
 __all__ = [
     "burst_comparison",
+    "burst_times",
     "max_in_window",
     "plot_burst",
     "run_burst",
@@ -47,7 +48,9 @@ def max_in_window(times: Sequence[float], period: float, *, after: float | None 
     return best
 
 
-async def _burst(acquire: Callable[[], Awaitable[Any]], tasks: int, total: int) -> list[float]:
+async def burst_times(acquire: Callable[[], Awaitable[Any]], tasks: int, total: int) -> list[float]:
+    """``tasks`` tasks take ``total`` acquisitions between them; each admission's time since the
+    start, in seconds on the running loop's clock (virtual under run_virtual, real otherwise)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     times: list[float] = []
@@ -75,7 +78,7 @@ def run_burst(
     clock = VirtualClock()
 
     async def main() -> list[float]:
-        return await _burst(make(clock), tasks, total)
+        return await burst_times(make(clock), tasks, total)
 
     return run_virtual(main(), clock=clock)
 
