@@ -567,8 +567,9 @@ class LLMClient:
     async def _attempt(self, call: _Call) -> ChatResult:
         call.attempt += 1
         now = self._now()
-        if self._blocked_until > now:
+        while self._blocked_until > now:  # (a later 429 may extend the gate while we sleep)
             await self._wait_gate(now)
+            now = self._now()
         if self._has_limiter:
             await self._admit(call)
         breaker = self.breaker

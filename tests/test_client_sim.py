@@ -91,13 +91,18 @@ def test_must_show_1000_calls_through_flaky_and_a_30s_outage(seed: int) -> None:
     assert client.breaker.stats.trips >= 1
 
 
-def test_never_sends_before_a_retry_after_expires() -> None:
+@pytest.mark.parametrize("seed", [0, 1, 8, 27, 36])
+def test_never_sends_before_a_retry_after_expires(seed: int) -> None:
+    """Also a call already sleeping at the gate when a later 429 extends it: it checks again
+    when it wakes (jitter seeds 8, 27 and 36 sent early before that fix)."""
     clock = VirtualClock()
 
     async def main() -> Recording:
         upstream = SimulatedUpstream("rate_limited", seed=3, clock=clock)
         recording = Recording(upstream.transport(), clock)
-        client = LLMClient(provider="sim", transport=recording, clock=clock)
+        client = LLMClient(
+            provider="sim", transport=recording, clock=clock, rng=random.Random(seed)
+        )
         async with client:
             await asyncio.gather(*(client.chat(MESSAGES) for _ in range(150)))
         return recording

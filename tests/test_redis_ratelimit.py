@@ -39,7 +39,7 @@ from redis.retry import Retry
 
 from flashkit.clock import SystemClock, VirtualClock
 from flashkit.errors import RateLimitError, ValidationError
-from flashkit.ratelimit import RateLimiter
+from flashkit.ratelimit import Algorithm, RateLimiter
 from flashkit.redis_ratelimit import RedisDecision, RedisRateLimiter, _Eval, _Sleep
 
 WORKER = Path(__file__).with_name("_redis_worker.py")
@@ -528,6 +528,50 @@ def test_gcra_and_token_bucket_decide_alike(redis_url: str, prefix: str) -> None
     assert 20 < allowed < 180
 
 
+@pytest.mark.parametrize("algorithm", ["sliding_window", "gcra", "token_bucket"])
+def test_state_keys_expire_but_outlive_what_they_hold(
+    redis_url: str, prefix: str, algorithm: Algorithm
+) -> None:
+    """Expiries are pushed out lazily (not on every decision), yet a key never expires while
+    its state still matters: the log until its last entry leaves the window, a bucket until it
+    is full again (GCRA: its theoretical arrival time)."""
+    rng = random.Random(5)
+    clock = VirtualClock(1000.0)
+    burst = None if algorithm == "sliding_window" else 5
+    limiter = RedisRateLimiter(redis_url, 10, 1.0, algorithm, burst, key_prefix=prefix, clock=clock)
+    limiter._server_clock = clock.now
+    tag = f"{{{prefix}:redis}}:default"
+    keys = [f"{tag}:log", f"{tag}:st"] if algorithm == "sliding_window" else [f"{tag}:st"]
+    client = plain_client(redis_url)
+    pushes = 0
+    try:
+        previous = None
+        for _ in range(120):
+            clock.advance(rng.choice([0.0, 0.01, 0.05, 0.2]))
+            limiter.try_acquire(count=rng.choice([1, 1, 2]))
+            raw = client.hmget(f"{tag}:st", "tat", "level", "stamp")
+            st = dict(zip(("tat", "level", "stamp"), (float(v or 0) for v in raw), strict=True))
+            now = clock.now()
+            if algorithm == "sliding_window":
+                scores = [score for _, score in client.zrange(f"{tag}:log", 0, -1, withscores=True)]
+                needed = max(scores) + 1.0 - now  # until the last entry leaves the window
+            elif algorithm == "gcra":
+                needed = st["tat"] - now
+            else:
+                needed = st["stamp"] + (5 - st["level"]) / 10 - now  # until full again
+            for key in keys:
+                ttl = client.pttl(key) / 1000
+                # (PTTL runs on the real clock: a few ms may have passed since the decision)
+                assert needed - 0.05 <= ttl <= 2 * max(needed, 0.0) + 4.0, (key, ttl, needed)
+            expires = client.hget(f"{tag}:st", "exp")
+            pushes += expires != previous
+            previous = expires
+    finally:
+        client.close()
+        limiter.close()
+    assert pushes < 60  # most decisions left the expiry alone
+
+
 # --- real server time -----------------------------------------------------------------------
 @run_async
 async def test_random_patterns_never_exceed_the_rate_in_any_window(
@@ -681,7 +725,7 @@ class CountingScript:
 
 
 def count_calls(limiter: RedisRateLimiter) -> list[CountingScript]:
-    counters = [CountingScript() for _ in limiter._sync_handles()[1]]
+    counters = [CountingScript() for _ in limiter._sync_line().scripts]
     real = limiter._eval_sync
 
     def counting(op: Any) -> Any:
