@@ -463,9 +463,11 @@ class AdaptiveRateLimiter:
         actual_count: float,
         *,
         estimated_count: float | None = None,
+        admitted_at: float | None = None,
     ) -> float:
         """Reconcile an estimated cost with the actual one (see ``RateLimiter.adjust``):
-        shifts the pacing schedule by the difference. Returns units charged (> 0) or refunded."""
+        shifts the pacing schedule by the difference. Returns units charged (> 0) or refunded.
+        ``admitted_at`` is accepted for the same interface; a pacer has one schedule."""
         if estimated_count is None:
             raise ValidationError(
                 f"{self.name}.adjust: pass estimated_count= (the units acquired)",

@@ -157,6 +157,7 @@ class _Call:
     """Per-call state shared by its attempts."""
 
     __slots__ = (
+        "admitted_at",
         "attempt",
         "content",
         "delays",
@@ -189,6 +190,7 @@ class _Call:
         self.parsed: Any = None
         self.attempt = 0
         self.limiter_wait = 0.0
+        self.admitted_at: float | None = None  # when the token estimate was last admitted
         self.hedged = False
         self.rec: ClientCall | None = None
         self.delays: list[float] = []
@@ -240,6 +242,12 @@ class LLMClient:
             contains "token" are charged the token estimate, the others 1.
         token_limiter: tokens limiter (``RateLimiter``, ``AdaptiveRateLimiter(unit="tokens")`` or
             ``RedisRateLimiter``); charged ``max_tokens`` + the prompt estimate, then adjusted.
+        token_refunds: when the answer's ``usage`` comes in below the estimate, give the rest
+            back (default True: providers that settle their estimate, e.g. Anthropic's token
+            buckets; the refund comes from this call's own grant and wakes queued callers).
+            False for providers that count ``max_tokens`` as spent (OpenAI): refunds would let
+            the client run ahead of the upstream's count. Usage above the estimate is always
+            charged.
         limiter_key: the key limiters count under (``"default"``).
         limiter_timeout: longest wait for the limiter per attempt (None: unbounded).
         breaker: a ``CircuitBreaker``; None builds one (50 % failures of at least 20 calls in 30 s
@@ -272,6 +280,7 @@ class LLMClient:
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: Limiter | None = None,
         token_limiter: RateLimiter | AdaptiveRateLimiter | RedisRateLimiter | None = None,
+        token_refunds: bool = True,
         limiter_key: str = "default",
         limiter_timeout: float | None = None,
         breaker: CircuitBreaker | Literal[False] | None = None,
@@ -368,6 +377,7 @@ class LLMClient:
         # --- limiters ---------------------------------------------------------------------
         self.limiter = limiter
         self.token_limiter = token_limiter
+        self.token_refunds = token_refunds
         self.limiter_key = limiter_key
         self._adaptive: tuple[AdaptiveRateLimiter, ...] = tuple(
             lim for lim in (limiter, token_limiter) if isinstance(lim, AdaptiveRateLimiter)
@@ -597,20 +607,34 @@ class LLMClient:
         while True:
             if self._multi is not None:
                 counts = [_count_for(lim, call.estimate) for lim in self._multi.limits]
-                waited += await self._multi.acquire(key, counts, timeout)
+                waited += await self._tokens_admitted(
+                    call, self._multi.acquire(key, counts, timeout)
+                )
                 if self.token_limiter is not None:
-                    waited += await self.token_limiter.acquire(key, call.estimate, timeout)
+                    waited += await self._tokens_admitted(
+                        call, self.token_limiter.acquire(key, call.estimate, timeout)
+                    )
             else:
                 if self.limiter is not None:
                     waited += await self.limiter.acquire(key, 1, timeout)
                 if self.token_limiter is not None:
-                    waited += await self.token_limiter.acquire(key, call.estimate, timeout)
+                    waited += await self._tokens_admitted(
+                        call, self.token_limiter.acquire(key, call.estimate, timeout)
+                    )
             # A retry-after may have arrived while waiting: honour it, then go.
             now = self._now()
             if self._blocked_until <= now:
                 break
             await self._wait_gate(now)
         call.limiter_wait += waited
+
+    async def _tokens_admitted(self, call: _Call, acquire: Awaitable[float]) -> float:
+        """Await a token estimate's admission and note when it was admitted (no later than
+        this: the start plus the wait), so its refund can come from that grant (``adjust``)."""
+        start = self._now()
+        waited = await acquire
+        call.admitted_at = start + waited
+        return waited
 
     async def _wait_gate(self, now: float) -> None:
         """Sleep until the client-wide retry-after has passed, or fail at once when it is longer
@@ -735,10 +759,15 @@ class LLMClient:
         for adaptive in self._adaptive:
             info = tokens_info if adaptive.unit == "tokens" else requests_info
             adaptive.observe_limits(info, status=status, retry_after=retry_after)
-        if self._token_adjust and status >= 400:
+        if self._token_adjust and status >= 400 and self.token_refunds:
             # Rejected: the answer's tokens were never generated; keep the prompt's.
             for limit in self._token_adjust:
-                limit.adjust(self.limiter_key, call.prompt_estimate, estimated_count=call.estimate)
+                limit.adjust(
+                    self.limiter_key,
+                    call.prompt_estimate,
+                    estimated_count=call.estimate,
+                    admitted_at=call.admitted_at,
+                )
 
     def _result(self, call: _Call, response: httpx.Response, data: dict[str, Any]) -> ChatResult:
         try:
@@ -757,9 +786,18 @@ class LLMClient:
         if not isinstance(content, str):
             raise _malformed("message content is not text", response)
         usage = Usage.from_json(data.get("usage"))
-        if usage is not None and self._token_adjust:
+        if (
+            usage is not None
+            and self._token_adjust
+            and (self.token_refunds or usage.total_tokens > call.estimate)
+        ):
             for limit in self._token_adjust:
-                limit.adjust(self.limiter_key, usage.total_tokens, estimated_count=call.estimate)
+                limit.adjust(
+                    self.limiter_key,
+                    usage.total_tokens,
+                    estimated_count=call.estimate,
+                    admitted_at=call.admitted_at,
+                )
         if call.parse is not None:
             try:
                 data["parsed"] = call.parse(content)

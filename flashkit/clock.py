@@ -246,9 +246,14 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
 
         # `<=`, not asyncio's `<`: past ~1e7 s, now + resolution rounds to now itself, and a timer
         # due exactly now would never be taken while the loop spins on it.
+        # A timer within the resolution of now fires now (as in asyncio), but virtual time then
+        # moves to its due time: a sleep never ends early (asyncio lets it end up to 1 ns early,
+        # and a retry for a remainder below the resolution would fire at once, again and again).
         end_time = clock._now + self._clock_resolution  # type: ignore[attr-defined]
         while scheduled and scheduled[0][0] <= end_time:
-            handle = heapq.heappop(scheduled)[2]
+            when, _, handle = heapq.heappop(scheduled)
+            if when > clock._now:
+                clock._now = when
             handle._scheduled = False  # type: ignore[attr-defined]
             ready.append(handle)
 

@@ -37,18 +37,24 @@ non-retryable :class:`~flashkit.errors.ValidationError` instead of waiting forev
 :meth:`RateLimiter.adjust` reconciles an estimated cost with the actual usage a response reports.
 Refunds are exact for ``sliding_window``; ``token_bucket`` and ``gcra`` can only take back the most
 recent admission (an older one has already shaped the schedule after it: its units are forfeited
-and counted in ``stats.forfeited_units``).
+and counted in ``stats.forfeited_units``). A sliding-window refund (``adjust``, ``cancel``, an
+expiry, a cancelled waiter) also pulls queued ``acquire`` waiters forward: each moves, in order,
+to the earliest time it now fits and is woken then (sync waiters and reservations keep their
+time). With ``max_tokens`` estimates this is what lets a token limit run at the usage rate
+rather than the estimate rate: pass ``admitted_at`` (when ``acquire`` returned) so the refund
+comes from the call's own grant.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import random
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple
 
@@ -171,7 +177,8 @@ def _check_count(count: object, where: str) -> float:
 # --- algorithms -----------------------------------------------------------------------------
 # Each keeps per-key state and answers four questions under the limiter's lock:
 #   earliest(state, now, n) -> the first time n units may be admitted (>= every earlier grant);
-#   commit(state, at, n)    -> record n units admitted at ``at`` (>= earliest); returns a handle;
+#   commit(state, at, n, alone) -> record n units admitted at ``at`` (>= earliest); returns a
+#                              handle (``alone``: never merged with another grant's entry);
 #   refund(state, handle, n)-> take n of them back, or return False when that is not safe;
 #   level(state, now)       -> (remaining units now, time when the limit is fully free).
 
@@ -179,11 +186,14 @@ def _check_count(count: object, where: str) -> float:
 class _Log:
     """Per-key sliding log: entries ``[time, units, alive]`` in time order, and their total."""
 
-    __slots__ = ("entries", "total")
+    __slots__ = ("entries", "parked", "total")
 
     def __init__(self) -> None:
         self.entries: deque[list[Any]] = deque()
         self.total = 0.0
+        # Async waiters asleep on an entry of their own, by id(entry): a refund may move their
+        # entry earlier and wake them (see RateLimiter._pull_forward).
+        self.parked: dict[int, Callable[[], None]] = {}
 
 
 class _SlidingWindow:
@@ -229,9 +239,9 @@ class _SlidingWindow:
                 return max(start, float(when) + self.period)
         return start + self.period  # unreachable while n <= rate
 
-    def commit(self, state: _Log, at: float, n: float) -> list[Any]:
+    def commit(self, state: _Log, at: float, n: float, alone: bool = False) -> list[Any]:
         entries = state.entries
-        if entries:
+        if entries and not alone:
             entry = entries[-1]
             if at - entry[0] < self.quantum:
                 # Grants closer than period/1024 share one entry, stamped with the later time:
@@ -318,7 +328,7 @@ class _TokenBucket:
             return when
         return when + (n - level) / self.refill
 
-    def commit(self, state: _Bucket, at: float, n: float) -> list[float]:
+    def commit(self, state: _Bucket, at: float, n: float, alone: bool = False) -> list[float]:
         state.before = (state.level, state.stamp)
         level, when = self._at(state, at)
         state.level = level - n
@@ -384,7 +394,7 @@ class _Gcra:
         due = state.anchor + (state.units + n - self.capacity) * self.interval
         return due if due > now else now
 
-    def commit(self, state: _Cell, at: float, n: float) -> list[float]:
+    def commit(self, state: _Cell, at: float, n: float, alone: bool = False) -> list[float]:
         anchor = state.anchor_before = state.anchor
         units = state.units_before = state.units
         if at > anchor + units * self.interval:  # TAT passed: a fresh start
@@ -440,16 +450,58 @@ def _algorithm(name: str, rate: float, period: float, burst: float | None) -> An
     )
 
 
-async def _sleep_until(clock: Clock, due: float, delay: float) -> None:
+class _Alarm:
+    """Wakes one parked async waiter early, from any thread (its due time moved earlier)."""
+
+    __slots__ = ("event", "loop")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.event = asyncio.Event()
+
+    def __call__(self) -> None:
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self.event.set()
+        else:
+            self.loop.call_soon_threadsafe(self.event.set)
+
+
+async def _nap(clock: Clock, delay: float, alarm: _Alarm | None) -> bool:
+    """Sleep ``delay`` s on ``clock``, or less if ``alarm`` rings first (then return True)."""
+    if alarm is None:
+        await clock.async_sleep(delay)
+        return False
+    if not alarm.event.is_set():
+        sleeper = asyncio.ensure_future(clock.async_sleep(delay))
+        ringer = asyncio.ensure_future(alarm.event.wait())
+        try:
+            await asyncio.wait((sleeper, ringer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            ringer.cancel()
+    rang = alarm.event.is_set()
+    alarm.event.clear()
+    return rang
+
+
+async def _sleep_until(clock: Clock, due: float, delay: float, alarm: _Alarm | None = None) -> bool:
     """Sleep ``delay`` s, then on until ``due``: asyncio runs a timer up to its clock resolution
     (1 ns) early, and ``now + (due - now)`` can round below ``due``; a grant is never used early.
-    (A few tries at most: a stub clock whose sleep does not move ``now`` must not hang.)"""
-    await clock.async_sleep(delay)
+    (A few tries at most: a stub clock whose sleep does not move ``now`` must not hang.)
+    Returns True, at once, when ``alarm`` rang (the due time moved earlier)."""
+    if await _nap(clock, delay, alarm):
+        return True
     for _ in range(3):
         left = due - clock.now()
         if left <= 0:
-            return
-        await clock.async_sleep(left)
+            return False
+        if await _nap(clock, left, alarm):
+            return True
+    return False
 
 
 def _sleep_until_sync(clock: Clock, due: float, delay: float) -> None:
@@ -629,8 +681,54 @@ class RateLimiter:
     def _give_back(self, state: Any, handle: Any, n: float) -> None:
         if self._algo.refund(state, handle, n):
             self._counters.refunded += n
+            if self._sliding and state.parked:
+                self._pull_forward(state)
         else:
             self._counters.forfeited += n
+
+    def _pull_forward(self, state: _Log) -> None:
+        """After a refund (lock held): move the entries of parked async waiters to the earliest
+        time each now fits, in FIFO order (never before the entry ahead of it), and wake them.
+
+        Moving a waiter's entry from ``y`` to ``x < y`` is safe when the units in ``(x - period,
+        x]`` of the entries ahead of it, plus its own, fit the rate: a window holding ``x`` but
+        not ``y`` ends before ``y``, so it holds only entries ahead (at most at ``x``); every
+        window holding ``y`` and ``x`` is unchanged; the others lose units. Reservations and
+        sync waiters are not moved (their callers hold a due time); they stay where they are.
+        """
+        now = self._now()
+        algo = self._algo
+        algo.prune(state, now)
+        entries = list(state.entries)
+        first = len(entries)
+        while first and entries[first - 1][0] > now:
+            first -= 1
+        parked = state.parked
+        rate, period = self.rate, self.period
+        ahead = sum(entry[1] for entry in entries[:first])
+        previous = now
+        alarms = []
+        for k in range(first, min(len(entries), first + 1024)):
+            entry = entries[k]
+            alarm = parked.get(id(entry))
+            if alarm is not None and entry[1] > _EPS:
+                at = previous
+                excess = ahead + entry[1] - rate
+                if excess > _EPS:
+                    at = entry[0]
+                    freed = 0.0
+                    for when, units, _alive in entries[:k]:
+                        freed += units
+                        if freed >= excess - _EPS:
+                            at = max(previous, when + period)
+                            break
+                if at < entry[0]:
+                    entry[0] = at
+                    alarms.append(alarm)
+            previous = entry[0]
+            ahead += entry[1]
+        for alarm in alarms:
+            alarm()
 
     def _grant(
         self, key: str, n: float, now: float, max_wait: float | None, why: str
@@ -653,7 +751,7 @@ class RateLimiter:
                 retry_after=wait,
             )
         at = at if at > now else now
-        handle = algo.commit(state, at, n)
+        handle = algo.commit(state, at, n, at > now)
         counters = self._counters
         counters.admitted += 1
         counters.admitted_units += n
@@ -817,9 +915,24 @@ class RateLimiter:
         if wait > 0:
             start = at - wait
             delay = wait
+            # Sliding window: parked on its entry, so a refund can pull it forward (_pull_forward).
+            alarm = _Alarm() if self._sliding else None
             try:
                 while delay > 0:
-                    await _sleep_until(self.clock, at, delay)
+                    if alarm is not None:
+                        parked = state.parked
+                        parked[id(handle)] = alarm
+                        try:
+                            moved = await _sleep_until(self.clock, at, delay, alarm)
+                        finally:
+                            parked.pop(id(handle), None)
+                        if moved:
+                            at = handle[0]
+                            delay = at - self._now()
+                            if delay > 0:
+                                continue
+                    else:
+                        await _sleep_until(self.clock, at, delay)
                     delay, handle, at = self._confirm(state, handle, n, at)
             except BaseException:
                 with self._lock:
@@ -879,6 +992,7 @@ class RateLimiter:
         actual_count: float,
         *,
         estimated_count: float | None = None,
+        admitted_at: float | None = None,
     ) -> float:
         """Reconcile an estimated cost with the actual one; returns the units charged (> 0) or
         refunded (< 0).
@@ -889,6 +1003,12 @@ class RateLimiter:
         so later callers wait longer instead. With a key the limiter cannot tell which grant was
         yours: it refunds from the key's oldest units still in the window (buckets: the latest
         grant) and never from a grant still waiting; a reservation's refund is exact.
+        ``admitted_at`` (key form, sliding window; clock seconds, e.g. ``clock.now()`` when
+        ``acquire`` returned): refund from the newest units admitted no later than it — usually
+        the grant itself — so the room is back for the rest of the window, not only until the
+        key's oldest units leave it (an estimate of ``max_tokens`` then holds the window for the
+        call's duration, not for a whole period). Queued ``acquire`` waiters that now fit are
+        woken early, in order.
         """
         if isinstance(actual_count, bool) or not isinstance(actual_count, int | float):
             raise ValidationError(
@@ -929,18 +1049,28 @@ class RateLimiter:
                 handle = None
             if delta < 0:
                 if handle is None:
-                    self._refund_latest(state, -delta, now)
+                    if admitted_at is not None:
+                        admitted_at = _check_number(
+                            admitted_at,
+                            f"{self.name}.adjust admitted_at",
+                            "clock seconds",
+                            allow_zero=True,
+                        )
+                    self._refund_latest(state, -delta, now, admitted_at)
                 else:
                     self._give_back(state, handle, -delta)
             elif delta > 0:
                 self._charge(state, now, delta)
         return delta
 
-    def _refund_latest(self, state: Any, n: float, now: float) -> None:
+    def _refund_latest(
+        self, state: Any, n: float, now: float, admitted_at: float | None = None
+    ) -> None:
         """Give back ``n`` units of a grant made earlier for the key (the key form of adjust).
 
         Never from a grant not yet due (a waiter's or a reservation's: it still needs them).
-        Sliding window: from the oldest entries still in the window. Units are not fungible
+        Sliding window: from the oldest entries still in the window, or with ``admitted_at`` from
+        the newest admitted no later than it (the caller's own grant). Units are not fungible
         across time: taking them from an entry no later than the caller's own grant is safe (it
         leaves the window no later), from a later one it is not (that entry's window would hold
         more than the log says). Buckets: from the latest grant, at most its units.
@@ -949,15 +1079,27 @@ class RateLimiter:
         if algo.name == "sliding_window":
             algo.prune(state, now)
             left = n
-            for entry in state.entries:
-                if entry[0] > now or left <= _EPS:
+            if admitted_at is None:
+                source: Iterable[list[Any]] = state.entries
+                latest = now
+            else:  # newest first, from the caller's grant back
+                source = reversed(state.entries)
+                latest = min(now, admitted_at)
+            for entry in source:
+                if left <= _EPS:
                     break
+                if entry[0] > latest:
+                    if admitted_at is None:
+                        break
+                    continue
                 take = min(left, entry[1])
                 entry[1] -= take
                 state.total -= take
                 left -= take
             self._counters.refunded += n - left
             self._counters.forfeited += left
+            if state.parked and left < n:
+                self._pull_forward(state)
         else:
             latest = state.latest
             take = 0.0
@@ -972,7 +1114,7 @@ class RateLimiter:
         if algo.name == "sliding_window":
             entries = state.entries
             at = entries[-1][0] if entries and entries[-1][0] > now else now
-            algo.commit(state, at, n)
+            algo.commit(state, at, n, at > now)
         else:
             algo.commit(state, now, n)
         self._counters.admitted_units += n
@@ -1030,7 +1172,7 @@ class RateLimiter:
                 return 0.0, moved, now
             algo._drop_empty_tail(state)
             at = algo.earliest(state, now, n)
-            return at - now, algo.commit(state, at, n), at
+            return at - now, algo.commit(state, at, n, at > now), at
 
     def _confirm_reservation(self, reservation: TokenReservation) -> float:
         """:meth:`_confirm` for a reservation still pending (else raises, like ``wait``)."""
@@ -1258,7 +1400,7 @@ class MultiLimit:
                 )
             parts = []
             for limit, state, n in zip(self.limits, states, counts, strict=True):
-                handle = limit._algo.commit(state, at, n)
+                handle = limit._algo.commit(state, at, n, at > now)
                 limit._counters.admitted += 1
                 limit._counters.admitted_units += n
                 part = TokenReservation(

@@ -379,6 +379,28 @@ def test_local_limiters_pace_requests_and_reconcile_tokens() -> None:
     assert tpm.stats.admitted_units - tpm.stats.refunded_units == pytest.approx(6 * 100)
 
 
+@pytest.mark.parametrize("completion", [60, 900])
+def test_token_refunds_off_keeps_estimates_charged_but_charges_overruns(completion: int) -> None:
+    """token_refunds=False (providers that count max_tokens as spent): usage below the
+    estimate gives nothing back; usage above it is still charged."""
+    clock = VirtualClock()
+    upstream = Upstream(clock, default=(200, envelope(prompt=40, completion=completion), {}, 0.0))
+    tpm = RateLimiter(100_000, 60.0, clock=clock, name="tokens")
+
+    async def main() -> None:
+        client = make(clock, upstream, token_limiter=tpm, token_refunds=False, max_tokens=500)()
+        async with client:
+            await asyncio.gather(*[client.chat(MESSAGES) for _ in range(3)])
+
+    run(clock, main())
+    stats = tpm.stats
+    assert stats.refunded_units == 0
+    if completion < 500:  # the estimates (max_tokens + a prompt estimate) stay charged
+        assert stats.admitted_units > 3 * 500
+    else:  # each estimate, then the overrun on top: what is charged is the usage
+        assert stats.admitted_units == pytest.approx(3 * (40 + completion))
+
+
 def test_multilimit_charges_tokens_by_name() -> None:
     clock = VirtualClock()
     upstream = Upstream(clock, default=(200, envelope(prompt=10, completion=10), {}, 0.0))

@@ -82,6 +82,25 @@ def test_sleeps_far_into_virtual_time_finish(seconds: float) -> None:
     assert run_virtual(main(), clock=clock) == 2 * seconds
 
 
+def test_a_timer_within_the_resolution_never_fires_before_its_time() -> None:
+    """asyncio fires a timer due within its clock resolution (1 ns) of now at once; virtual
+    time then moves to the timer's due time, so code after a sleep never sees a clock short of
+    it (a retry for a sub-nanosecond remainder would otherwise fire at once, forever short)."""
+    clock = VirtualClock(7.000000328122152)
+    due = 7.000000328122153  # one ulp later
+    fired: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(lambda: None)  # something else is ready in the same iteration
+        loop.call_at(due, lambda: fired.append(clock.now()))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    run_virtual(main(), clock=clock)
+    assert fired == [due]
+
+
 def test_a_timer_rearmed_at_the_same_instant_forever_lets_time_pass() -> None:
     """aiolimiter's waker re-arms itself at ``last_check + needed / rate``; when ``needed`` is a
     rounding remainder that time sum is now itself. After 100 such turns time moves 1 us."""

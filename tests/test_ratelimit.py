@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import math
 import random
@@ -627,6 +628,163 @@ def test_cancelled_waiter_gives_its_turn_to_the_next(algorithm: str, burst: int 
     assert run_virtual(main(), clock=clock) == 8.0  # due at 10.0, not 20.0
     assert clock.now() == 10.0
     assert limiter.stats.refunded_units == 1.0
+
+
+def test_a_refund_pulls_queued_waiters_forward() -> None:
+    """The estimate-then-reconcile flow: a grant of 10 (an estimate) is adjusted to 2 at 0.2 s;
+    the waiter queued behind it for 5 goes at 0.2 s, not when the estimate leaves the window
+    (1.0 s). Its units then count from 0.2 s."""
+    clock = VirtualClock()
+    limiter = RateLimiter(10, 1.0, clock=clock)
+
+    async def main() -> tuple[float, float]:
+        await limiter.acquire(count=10)
+        waiter = asyncio.create_task(limiter.acquire(count=5))
+        await asyncio.sleep(0.2)
+        assert not waiter.done()
+        assert limiter.adjust("default", 2, estimated_count=10) == -8
+        waited = await waiter
+        return waited, clock.now()
+
+    waited, admitted_at = run_virtual(main(), clock=clock)
+    assert (waited, admitted_at) == (pytest.approx(0.2), pytest.approx(0.2))
+    assert not limiter.try_acquire(count=4).allowed  # 2 + 5 in the window: 3 left
+    assert limiter.try_acquire(count=3).allowed
+
+
+def test_pulled_forward_waiters_keep_their_order() -> None:
+    """A refund too small for the first waiter moves no one behind it (first come, first
+    served), and a reservation keeps its promised time; a later, larger refund moves both
+    waiters, in order."""
+    clock = VirtualClock()
+    limiter = RateLimiter(10, 1.0, clock=clock)
+    order: list[tuple[str, float]] = []
+
+    async def waiter(name: str, count: int) -> None:
+        await limiter.acquire(count=count)
+        order.append((name, clock.now()))
+
+    async def main() -> None:
+        await limiter.acquire(count=10)
+        first = asyncio.create_task(waiter("first", 8))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(waiter("second", 1))
+        await asyncio.sleep(0.2)
+        limiter.adjust("default", 7, estimated_count=10)  # 3 back: the first (8) still waits
+        await asyncio.sleep(0.1)
+        assert order == []
+        limiter.adjust("default", 1, estimated_count=7)  # 6 more: 1 + 8 + 1 fit at 0.3 s
+        await asyncio.gather(first, second)
+
+    run_virtual(main(), clock=clock)
+    assert [name for name, _ in order] == ["first", "second"]
+    assert [when for _, when in order] == [pytest.approx(0.3), pytest.approx(0.3)]
+
+
+def test_adjust_admitted_at_refunds_the_callers_own_grant() -> None:
+    """6 units at 0 s, then a caller's estimate of 4 at 0.5 s, reconciled to 1 at 0.6 s. Told
+    when it was admitted, the refund comes from that grant: once the 6 leave (1.0 s) the window
+    holds 1, and 9 fit. Without it the refund comes from the oldest units (the 6), which leave
+    at 1.0 s anyway: the window then still holds the estimate's 4. Never from a later grant."""
+    outcomes = {}
+    for told in (True, False):
+        clock = VirtualClock()
+        limiter = RateLimiter(10, 1.0, clock=clock)
+        assert limiter.try_acquire(count=6).allowed
+        clock.advance(0.5)
+        assert limiter.try_acquire(count=4).allowed
+        clock.advance(0.1)
+        limiter.adjust("default", 1, estimated_count=4, admitted_at=0.5 if told else None)
+        clock.advance(0.45)  # 1.05 s: the 6 have left
+        outcomes[told] = (limiter.try_acquire(count=9).allowed, limiter.stats.refunded_units)
+    assert outcomes == {True: (True, 3.0), False: (False, 3.0)}
+
+    clock = VirtualClock()
+    limiter = RateLimiter(10, 1.0, clock=clock)
+    assert limiter.try_acquire(count=4).allowed  # the caller's, at 0 s
+    clock.advance(0.5)
+    assert limiter.try_acquire(count=5).allowed  # someone else's, later
+    limiter.adjust("default", 0, estimated_count=4, admitted_at=0.0)
+    assert [entry[1] for entry in limiter._states["default"].entries] == [0.0, 5.0]
+    with pytest.raises(ValidationError, match="admitted_at"):
+        limiter.adjust("default", 0, estimated_count=1, admitted_at="soon")  # type: ignore[arg-type]
+
+
+def test_a_waiter_moves_only_when_the_refund_makes_room() -> None:
+    """6 at 0 s, 4 at 0.5 s; a waiter for 5 is due at 1.0 s (when the 6 leave). A refund of 4
+    (6 -> 2) leaves 6 in the window: no room for 5, it stays at 1.0 s (woken early it would
+    only queue again: wasted wakes). One more unit back (2 -> 1) makes room: it goes then."""
+    clock = VirtualClock()
+    limiter = RateLimiter(10, 1.0, clock=clock)
+
+    async def main() -> float:
+        await limiter.acquire(count=6)
+        await asyncio.sleep(0.5)
+        await limiter.acquire(count=4)
+        waiter = asyncio.create_task(limiter.acquire(count=5))
+        await asyncio.sleep(0.1)
+        limiter.adjust("default", 2, estimated_count=6)
+        log = limiter._states["default"].entries
+        assert log[-1][0] == 1.0  # not moved
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        limiter.adjust("default", 1, estimated_count=2)
+        await waiter
+        return clock.now()
+
+    assert run_virtual(main(), clock=clock) == pytest.approx(0.7)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_refunds_that_pull_waiters_forward_keep_the_window_strict(data: st.DataObject) -> None:
+    """Estimate-then-reconcile under contention: tasks acquire an estimate, hold it a while,
+    then adjust it down (key form or cancel while waiting), while others queue behind. Waiters
+    pulled forward by the refunds never put more than ``rate`` units in any window (units as
+    finally charged, at the times they were admitted)."""
+    rate = data.draw(st.integers(2, 12), label="rate")
+    period = data.draw(st.sampled_from(PERIODS), label="period")
+    step = st.tuples(
+        gaps(period),
+        st.integers(1, rate),  # the estimate
+        st.floats(0.0, 1.0),  # actual / estimate
+        st.sampled_from([0.0, 0.0, 0.1, 0.5]),  # hold (periods) before reconciling
+        st.booleans(),  # cancel instead, if still waiting after the hold
+        st.booleans(),  # tell adjust when the grant was admitted
+    )
+    plans = data.draw(
+        st.lists(st.lists(step, min_size=1, max_size=6), min_size=2, max_size=6), label="plans"
+    )
+    clock = VirtualClock()
+    limiter = RateLimiter(rate, period, clock=clock)
+    events: list[list[float]] = []
+
+    async def admitted(estimate: int) -> float:
+        await limiter.acquire(count=estimate)
+        return clock.now()
+
+    async def worker(steps: list[tuple[float, int, float, float, bool, bool]]) -> None:
+        for gap, estimate, fraction, hold, cancel, with_time in steps:
+            await asyncio.sleep(gap)
+            task = asyncio.ensure_future(admitted(estimate))
+            await asyncio.sleep(hold * period)  # (the task may be admitted meanwhile)
+            if cancel and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                continue
+            event = [await task, float(estimate)]
+            events.append(event)
+            actual = math.floor(estimate * fraction)
+            at = event[0] if with_time else None
+            limiter.adjust("default", actual, estimated_count=estimate, admitted_at=at)
+            event[1] = float(actual)
+
+    async def main() -> None:
+        await asyncio.gather(*(worker(steps) for steps in plans))
+
+    run_virtual(main(), clock=clock)
+    assert window_peak(events, period) <= rate
 
 
 # --- 5. requests that can never pass ----------------------------------------------------------

@@ -624,6 +624,8 @@ def _after_client(
         transport=transport,
         limiter=limiter,
         token_limiter=token_limiter,
+        # fixed windows (OpenAI-style) count max_tokens as spent: no refunds to mirror them
+        token_refunds=profile.limit_mode == "token_bucket",
         retry=retry,
         max_tokens=workload.max_tokens,
         clock=clock,
