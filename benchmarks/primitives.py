@@ -56,29 +56,41 @@ class Target:
 # --- the harness ------------------------------------------------------------------------------
 def measure(run: Callable[[int], Any], *, target: float, repeat: int) -> float:
     """Median seconds per operation of ``run(n)``."""
-    n = 1
-    while True:
-        start = time.perf_counter()
-        run(n)
-        elapsed = time.perf_counter() - start
-        if elapsed >= target / 4 or n >= 10_000_000:
-            break
-        n *= 4
-    n = max(1, int(n * target / max(elapsed, 1e-9)))
-    for _ in range(2):
-        run(n)
-    times = []
+    return measure_interleaved({"run": run}, target=target, repeat=repeat)["run"]
+
+
+def measure_interleaved(
+    runs: dict[str, Callable[[int], Any]], *, target: float, repeat: int
+) -> dict[str, float]:
+    """Median seconds per operation of each ``run(n)``, the runs taking turns in each of the
+    ``repeat`` rounds (a noisy spell on a shared machine then hits them all alike)."""
+    sizes = {}
+    for name, run in runs.items():
+        n = 1
+        while True:
+            start = time.perf_counter()
+            run(n)
+            elapsed = time.perf_counter() - start
+            if elapsed >= target / 4 or n >= 10_000_000:
+                break
+            n *= 4
+        sizes[name] = n = max(1, int(n * target / max(elapsed, 1e-9)))
+        for _ in range(2):
+            run(n)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     gc_was = gc.isenabled()
     gc.disable()
     try:
         for _ in range(repeat):
-            start = time.perf_counter()
-            run(n)
-            times.append((time.perf_counter() - start) / n)
+            for name, run in runs.items():
+                n = sizes[name]
+                start = time.perf_counter()
+                run(n)
+                times[name].append((time.perf_counter() - start) / n)
     finally:
         if gc_was:
             gc.enable()
-    return statistics.median(times)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def sync_loop(fn: Callable[[], Any]) -> Callable[[int], None]:

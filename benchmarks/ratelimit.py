@@ -44,7 +44,7 @@ import limits.strategies
 import pyrate_limiter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from primitives import async_loop, measure, sync_loop
+from primitives import async_loop, measure_interleaved, sync_loop
 
 from flashkit import RateLimiter, ShardedRateLimiter
 from flashkit.lab.ratelimit import burst_times, max_in_window
@@ -308,19 +308,18 @@ def run_redis(*, quick: bool, url: str) -> list[dict[str, Any]]:
 # --- running and reporting --------------------------------------------------------------------
 def run_all(*, quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
     target = 0.01 if quick else 0.08
-    repeat = 3 if quick else 7
+    repeat = 3 if quick else 9
     loop = asyncio.new_event_loop()
     cost = []
     try:
         for case, libraries in cost_cases(loop).items():
-            for library, run in libraries.items():
-                cost.append(
-                    {
-                        "case": case,
-                        "library": library,
-                        "ns_per_op": measure(run, target=target, repeat=repeat) * 1e9,
-                    }
-                )
+            # the libraries take turns (medians of interleaved rounds): ratios within a case
+            # are not at the mercy of one noisy spell
+            seconds = measure_interleaved(libraries, target=target, repeat=repeat)
+            cost.extend(
+                {"case": case, "library": library, "ns_per_op": value * 1e9}
+                for library, value in seconds.items()
+            )
     finally:
         loop.close()
     by = {(r["case"], r["library"]): r["ns_per_op"] for r in cost}

@@ -40,6 +40,7 @@ def test_every_notebook_runs_clean(report) -> None:  # type: ignore[no-untyped-d
         "success_flaky",
         "success_rate_limited",
         "success_outage",
+        "success_llm_realistic",
         "client_bench",
     }
 

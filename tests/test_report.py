@@ -576,6 +576,7 @@ def test_repo_manifest_is_valid() -> None:
         "success_flaky",
         "success_rate_limited",
         "success_outage",
+        "success_llm_realistic",
         "client_bench",
     ]
     for entry in entries:
