@@ -36,6 +36,7 @@ import contextvars
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -157,7 +158,7 @@ class _Call:
     """Per-call state shared by its attempts."""
 
     __slots__ = (
-        "admitted_at",
+        "admitted",
         "attempt",
         "content",
         "delays",
@@ -190,7 +191,8 @@ class _Call:
         self.parsed: Any = None
         self.attempt = 0
         self.limiter_wait = 0.0
-        self.admitted_at: float | None = None  # when the token estimate was last admitted
+        # id(token limiter) -> when the latest estimate was admitted, on the limiter's time axis
+        self.admitted: dict[int, float] = {}
         self.hedged = False
         self.rec: ClientCall | None = None
         self.delays: list[float] = []
@@ -385,8 +387,8 @@ class LLMClient:
         # A user's MultiLimit is acquired atomically; separate limiters one after the other
         # (requests, then tokens), each on its cheap fast path.
         self._multi: MultiLimit | None = limiter if isinstance(limiter, MultiLimit) else None
-        self._token_adjust: list[RateLimiter | AdaptiveRateLimiter] = []
-        if isinstance(token_limiter, RateLimiter | AdaptiveRateLimiter):
+        self._token_adjust: list[RateLimiter | AdaptiveRateLimiter | RedisRateLimiter] = []
+        if isinstance(token_limiter, RateLimiter | AdaptiveRateLimiter | RedisRateLimiter):
             self._token_adjust.append(token_limiter)
         if isinstance(limiter, MultiLimit):
             self._token_adjust.extend(lim for lim in limiter.limits if "token" in lim.name.lower())
@@ -596,6 +598,9 @@ class LLMClient:
             wrapped = classify(error) or ExternalServiceError(str(error))
             self._record(call, wrapped, None)
             raise wrapped from error
+        usage = Usage.from_json(data.get("usage")) if isinstance(data, dict) else None
+        if usage is not None:  # counted by the upstream even if the content is unusable
+            await self._reconcile(call, usage.total_tokens)
         result = self._result(call, response, data)
         self._record(call, None, response.status_code)
         return result
@@ -607,20 +612,14 @@ class LLMClient:
         while True:
             if self._multi is not None:
                 counts = [_count_for(lim, call.estimate) for lim in self._multi.limits]
-                waited += await self._tokens_admitted(
-                    call, self._multi.acquire(key, counts, timeout)
-                )
+                waited += await self._admit_tokens(call, self._multi, counts)
                 if self.token_limiter is not None:
-                    waited += await self._tokens_admitted(
-                        call, self.token_limiter.acquire(key, call.estimate, timeout)
-                    )
+                    waited += await self._admit_tokens(call, self.token_limiter, call.estimate)
             else:
                 if self.limiter is not None:
                     waited += await self.limiter.acquire(key, 1, timeout)
                 if self.token_limiter is not None:
-                    waited += await self._tokens_admitted(
-                        call, self.token_limiter.acquire(key, call.estimate, timeout)
-                    )
+                    waited += await self._admit_tokens(call, self.token_limiter, call.estimate)
             # A retry-after may have arrived while waiting: honour it, then go.
             now = self._now()
             if self._blocked_until <= now:
@@ -628,13 +627,34 @@ class LLMClient:
             await self._wait_gate(now)
         call.limiter_wait += waited
 
-    async def _tokens_admitted(self, call: _Call, acquire: Awaitable[float]) -> float:
-        """Await a token estimate's admission and note when it was admitted (no later than
-        this: the start plus the wait), so its refund can come from that grant (``adjust``)."""
+    async def _admit_tokens(self, call: _Call, limiter: Any, count: Any) -> float:
+        """Acquire on a limiter that counts the token estimate and note when it was admitted on
+        the limiter's time axis (its clock; a RedisRateLimiter's server time), so the refund can
+        come from that very grant (``adjust(admitted_at=)``). Returns the seconds waited."""
+        key, timeout = self.limiter_key, self.limiter_timeout
+        if isinstance(limiter, RedisRateLimiter):
+            decision = await limiter.acquire_detailed(key, count, timeout)
+            if math.isfinite(decision.server_time):
+                call.admitted[id(limiter)] = decision.server_time
+            return decision.waited
         start = self._now()
-        waited = await acquire
-        call.admitted_at = start + waited
+        waited: float = await limiter.acquire(key, count, timeout)
+        for member in getattr(limiter, "limits", (limiter,)):
+            call.admitted[id(member)] = start + waited  # (no later than the grant)
         return waited
+
+    async def _reconcile(self, call: _Call, actual: int) -> None:
+        """Settle the call's token estimate with what the upstream counted: charge usage above
+        it; refund the rest when ``token_refunds``."""
+        if not self._token_adjust or (actual < call.estimate and not self.token_refunds):
+            return
+        key = self.limiter_key
+        for limit in self._token_adjust:
+            at = call.admitted.get(id(limit))
+            if isinstance(limit, RedisRateLimiter):
+                await limit.adjust_async(key, actual, estimated_count=call.estimate, admitted_at=at)
+            else:
+                limit.adjust(key, actual, estimated_count=call.estimate, admitted_at=at)
 
     async def _wait_gate(self, now: float) -> None:
         """Sleep until the client-wide retry-after has passed, or fail at once when it is longer
@@ -671,6 +691,9 @@ class LLMClient:
         status = response.status_code
         failure = classify(response) if status >= 400 else None
         self._learn(call, response, failure)
+        if status >= 400:
+            # Rejected: the answer's tokens were never generated; keep the prompt's.
+            await self._reconcile(call, call.prompt_estimate)
         if failure is not None:
             raise failure
         try:
@@ -759,15 +782,6 @@ class LLMClient:
         for adaptive in self._adaptive:
             info = tokens_info if adaptive.unit == "tokens" else requests_info
             adaptive.observe_limits(info, status=status, retry_after=retry_after)
-        if self._token_adjust and status >= 400 and self.token_refunds:
-            # Rejected: the answer's tokens were never generated; keep the prompt's.
-            for limit in self._token_adjust:
-                limit.adjust(
-                    self.limiter_key,
-                    call.prompt_estimate,
-                    estimated_count=call.estimate,
-                    admitted_at=call.admitted_at,
-                )
 
     def _result(self, call: _Call, response: httpx.Response, data: dict[str, Any]) -> ChatResult:
         try:
@@ -786,18 +800,6 @@ class LLMClient:
         if not isinstance(content, str):
             raise _malformed("message content is not text", response)
         usage = Usage.from_json(data.get("usage"))
-        if (
-            usage is not None
-            and self._token_adjust
-            and (self.token_refunds or usage.total_tokens > call.estimate)
-        ):
-            for limit in self._token_adjust:
-                limit.adjust(
-                    self.limiter_key,
-                    usage.total_tokens,
-                    estimated_count=call.estimate,
-                    admitted_at=call.admitted_at,
-                )
         if call.parse is not None:
             try:
                 data["parsed"] = call.parse(content)

@@ -160,6 +160,20 @@ def _check_number(value: object, what: str, hint: str, *, allow_zero: bool = Fal
     return number
 
 
+def _check_actual(actual_count: object, where: str) -> float:
+    """An ``adjust`` call's actual units: a finite number >= 0."""
+    if isinstance(actual_count, bool) or not isinstance(actual_count, int | float):
+        raise ValidationError(
+            f"{where}: actual_count must be a number of units, got {actual_count!r}",
+            code="invalid_count",
+        )
+    if not (actual_count >= 0 and math.isfinite(actual_count)):
+        raise ValidationError(
+            f"{where}: actual_count must be >= 0, got {actual_count!r}", code="invalid_count"
+        )
+    return float(actual_count)
+
+
 def _check_count(count: object, where: str) -> float:
     if isinstance(count, bool) or not isinstance(count, int | float):
         raise ValidationError(
@@ -1010,16 +1024,7 @@ class RateLimiter:
         call's duration, not for a whole period). Queued ``acquire`` waiters that now fit are
         woken early, in order.
         """
-        if isinstance(actual_count, bool) or not isinstance(actual_count, int | float):
-            raise ValidationError(
-                f"{self.name}.adjust: actual_count must be a number of units, got {actual_count!r}",
-                code="invalid_count",
-            )
-        if not (actual_count >= 0 and math.isfinite(actual_count)):
-            raise ValidationError(
-                f"{self.name}.adjust: actual_count must be >= 0, got {actual_count!r}",
-                code="invalid_count",
-            )
+        _check_actual(actual_count, f"{self.name}.adjust")
         now = self._now()
         with self._lock:
             if isinstance(target, TokenReservation):

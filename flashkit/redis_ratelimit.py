@@ -4,6 +4,9 @@
 >>> rpm.try_acquire()                                          # RateLimitResult, never waits
 >>> await rpm.acquire(timeout=30.0)                            # waits its turn (FIFO), or raises
 >>> decision = await rpm.acquire_detailed()                    # + the server time it counts at
+>>> tpm = RedisRateLimiter("redis://redis:6379/0", 30_000, 60.0, name="tokens")
+>>> grant = await tpm.acquire_detailed(count=2_000)            # a max_tokens estimate
+>>> await tpm.adjust_async("default", 1_234, estimated_count=2_000, admitted_at=grant.server_time)
 
 The interface and the semantics are those of :class:`flashkit.ratelimit.RateLimiter` (see its
 module docstring): ``sliding_window`` (default, strict: no half-open window ``[t, t + period)``
@@ -22,6 +25,11 @@ What is different:
   state atomically (no read-modify-write race between processes). ``reset_at`` in results is
   translated to this process's ``clock``; :class:`RedisDecision` (from ``try_acquire_detailed`` /
   ``acquire_detailed``) also gives ``server_time``: the server time the admitted units count at.
+- **Reconciling estimates** (``adjust`` / ``adjust_async``, the key form of
+  :meth:`RateLimiter.adjust <flashkit.ratelimit.RateLimiter.adjust>`): one script charges usage
+  above the estimate or refunds the rest — from the grant at ``admitted_at`` (its
+  ``server_time``) back, never from a later grant, a reservation, a lease or a phantom. No
+  ``reserve()``: a waiting ``acquire`` already holds its capacity in the shared log.
 - **Storage.** All keys of one limiter share the hash tag ``{key_prefix:name}`` (one Redis Cluster
   slot). Per limit key: ``{…}:<key>:log`` (sliding window: a sorted set of entries
   ``"<id>:<units>"`` scored by server time, a reservation's id marked ``+`` (firm) or ``&``
@@ -139,6 +147,7 @@ from flashkit.ratelimit import (
     LimiterStats,
     RateLimiter,
     RateLimitResult,
+    _check_actual,
     _check_count,
     _check_number,
     _Counters,
@@ -419,7 +428,7 @@ local granted = 0
 if at <= now and lease > 0 then
   granted = math.min(lease, rate - total)
   if granted < n then granted = n end
-  member = ARGV[6] .. ':' .. fmt(granted)
+  member = '^' .. ARGV[6] .. ':' .. fmt(granted)  -- '^': a lease (see _SW_ADJUST)
   local expires = now + @LEASE_DURATION@
   redis.call('ZADD', log, expires, member)
   total = total + granted
@@ -808,12 +817,111 @@ return {fmt(now), epoch}
 
 _CONFIRM: Final = _PRELUDE + "return {fmt(now), epoch}\n"
 
+# Reconcile an estimate (adjust, key form): ARGV[4] delta = actual - estimate, ARGV[5] the latest
+# server time a refund may come from ("" = the key's oldest units first), ARGV[6] an entry id.
+# A charge (delta > 0) is a new entry at max(now, FIFO tail). A refund (delta < 0) comes from
+# settled entries in the window scored no later than ARGV[5] (newest first; oldest first
+# without it): not from reservations ('+', '&': their waiters still need them), leases ('^':
+# used before their score) or phantoms ('~'). Why no later than the caller's grant is safe: the
+# log then drops units at te <= tc; every window that can still admit (ends after now >= tc)
+# and holds te also holds tc, where the caller's real use is the estimate minus the refund.
+# Reads at most @SCAN@ entries. Returns the units charged or refunded.
+_SW_ADJUST: Final = (
+    _PRELUDE
+    + _SW_LOAD
+    + """
+prune()
+local delta = tonumber(ARGV[4])
+local done = 0
+if delta > 0 then
+  local at = now
+  if tail > now then at = tail end
+  redis.call('ZADD', log, at, ARGV[6] .. ':' .. ARGV[4])
+  total = total + delta
+  if at > hi then hi = at end
+  done = delta
+  dirty = true
+elseif delta < 0 then
+  local left = -delta
+  local upto = now
+  local newest = ARGV[5] ~= ''
+  if newest and tonumber(ARGV[5]) < now then upto = tonumber(ARGV[5]) end
+  local low = '(' .. fmt(now - period)
+  local skipped = 0
+  local size = 8
+  while left > 1e-9 and skipped < @SCAN@ do
+    local chunk
+    if newest then
+      chunk = redis.call('ZREVRANGEBYSCORE', log, fmt(upto), low, 'WITHSCORES', 'LIMIT', skipped,
+                         size)
+    else
+      chunk = redis.call('ZRANGEBYSCORE', log, low, fmt(upto), 'WITHSCORES', 'LIMIT', skipped,
+                         size)
+    end
+    if #chunk == 0 then break end
+    for i = 1, #chunk, 2 do
+      local m = chunk[i]
+      local c = string.sub(m, 1, 1)
+      local u = units(m)
+      if c == '+' or c == '&' or c == '^' or c == '~' or u <= 0 or left <= 1e-9 then
+        skipped = skipped + 1  -- (entries taken whole leave the set: the offset skips the rest)
+      else
+        local take = math.min(left, u)
+        redis.call('ZREM', log, m)
+        if u - take > 1e-9 then
+          redis.call('ZADD', log, chunk[i + 1], string.match(m, '^(.*):[^:]*$') .. ':' ..
+                     fmt(u - take))
+        end
+        total = total - take
+        left = left - take
+        done = done + take
+        dirty = true
+      end
+    end
+    size = size * 4
+  end
+  if total < 0 then total = 0 end
+end
+"""
+    + _SW_SAVE
+    + "return fmt(done)\n"
+)
+
+# Charge a bucket (adjust with usage above the estimate): ARGV[4] units, at now.
+_GCRA_CHARGE: Final = (
+    _PRELUDE
+    + _GCRA_LOAD
+    + _BUCKET_EXPIRY
+    + """
+if tat < now then tat = now end
+tat = tat + tonumber(ARGV[4]) * interval
+redis.call('HSET', st, 'tat', tat, 'last', '', 'before', '')
+keep_until(tat)
+return ARGV[4]
+"""
+)
+
+_TB_CHARGE: Final = (
+    _PRELUDE
+    + _TB_LOAD
+    + _BUCKET_EXPIRY
+    + """
+local l, w = level_at(now)
+level = l - tonumber(ARGV[4])
+stamp = w
+redis.call('HSET', st, 'level', level, 'stamp', stamp, 'last', '', 'before', '')
+keep_until(stamp + (cap - level) / refill)
+return ARGV[4]
+"""
+)
+
+
 _SCRIPTS: Final = {
-    "sliding_window": (_SW_DECIDE, _SW_REFUND, _SW_RESUME, _CONFIRM, _SW_WAKE),
-    "token_bucket": (_TB_DECIDE, _BUCKET_REFUND, _TB_RESUME, _CONFIRM),
-    "gcra": (_GCRA_DECIDE, _BUCKET_REFUND, _GCRA_RESUME, _CONFIRM),
+    "sliding_window": (_SW_DECIDE, _SW_REFUND, _SW_RESUME, _CONFIRM, _SW_ADJUST, _SW_WAKE),
+    "token_bucket": (_TB_DECIDE, _BUCKET_REFUND, _TB_RESUME, _CONFIRM, _TB_CHARGE),
+    "gcra": (_GCRA_DECIDE, _BUCKET_REFUND, _GCRA_RESUME, _CONFIRM, _GCRA_CHARGE),
 }
-_DECIDE, _REFUND, _RESUME, _CONFIRM_SCRIPT, _WAKE = range(5)
+_DECIDE, _REFUND, _RESUME, _CONFIRM_SCRIPT, _ADJUST, _WAKE = range(6)
 _GO, _PROBE, _LOCAL = range(3)
 
 
@@ -1385,6 +1493,42 @@ class RedisRateLimiter:
         n = self._units(count, "acquire_detailed_sync")
         return self._drive_sync(self._decide(key, n, timeout, True))
 
+    def adjust(
+        self,
+        key: str,
+        actual_count: float,
+        *,
+        estimated_count: float,
+        admitted_at: float | None = None,
+    ) -> float:
+        """Reconcile an estimated cost with the actual one (the key form of
+        :meth:`RateLimiter.adjust <flashkit.ratelimit.RateLimiter.adjust>`); returns the units
+        to charge (> 0) or refund (< 0): ``actual_count - estimated_count``.
+
+        ``admitted_at``: when the grant counts, on this limiter's time axis — the server's: its
+        :attr:`RedisDecision.server_time` (from ``acquire_detailed`` / ``try_acquire_detailed``).
+        The refund then comes from the newest settled units admitted no later than that, usually
+        the grant itself; without it, from the key's oldest units.
+        Refunds need ``sliding_window``: a bucket's schedule was shaped by the units (they are
+        forfeited, counted in ``stats.forfeited_units``); charges apply to every algorithm. Best
+        effort: when Redis does not answer nothing changes (a refund is forfeited). Queued
+        waiters are not pulled forward (they wake at their reserved time).
+        """
+        return self._drive_sync(self._adjust(key, actual_count, estimated_count, admitted_at))
+
+    async def adjust_async(
+        self,
+        key: str,
+        actual_count: float,
+        *,
+        estimated_count: float,
+        admitted_at: float | None = None,
+    ) -> float:
+        """Async twin of :meth:`adjust`."""
+        return await self._drive_async(
+            self._adjust(key, actual_count, estimated_count, admitted_at)
+        )
+
     @property
     def stats(self) -> LimiterStats:
         """A :class:`~flashkit.ratelimit.LimiterStats` snapshot (this process's decisions)."""
@@ -1757,6 +1901,40 @@ class RedisRateLimiter:
             return False
         self._saw(reply[1], sent, float(reply[0]), self._now())
         return bool(reply[1] == epoch)
+
+    def _adjust(
+        self, key: str, actual_count: float, estimated_count: float, admitted_at: float | None
+    ) -> _Flow[float]:
+        where = f"{self.name}.adjust"
+        delta = _check_actual(actual_count, where) - _check_count(estimated_count, where)
+        if admitted_at is not None:
+            admitted_at = _check_number(
+                admitted_at,
+                f"{where} admitted_at",
+                "server seconds (RedisDecision.server_time)",
+                allow_zero=True,
+            )
+        if delta == 0.0:
+            return delta
+        if delta < 0.0 and self.algorithm != "sliding_window":
+            with self._lock:
+                self._counters.forfeited += -delta
+            return delta
+        upto = repr(admitted_at) if delta < 0.0 and admitted_at is not None else ""
+        args = [*self._prelude(), repr(delta), upto, f"{self._client_id}{next(self._ids)}"]
+        try:
+            reply = yield _Eval(_ADJUST, self._keys(key), args)
+        except self._redis_errors:  # unreachable: a refund is forfeited, a charge lost
+            done = 0.0
+        else:
+            done = float(reply)
+        with self._lock:
+            if delta < 0.0:
+                self._counters.refunded += done
+                self._counters.forfeited += -delta - done
+            else:
+                self._counters.admitted_units += done
+        return delta
 
     def _refund(self, key: str, member: bytes, n: float) -> _Flow[None]:
         """Give a cancelled reservation back (best effort: Redis may be gone)."""

@@ -6,17 +6,19 @@ import asyncio
 import json
 import logging
 import random
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from flashkit.adaptive import AdaptiveRateLimiter
 from flashkit.breaker import CircuitBreaker, CircuitState
 from flashkit.budget import RetryBudget
 from flashkit.client import PROVIDERS, ChatResult, LLMClient, Usage
-from flashkit.clock import VirtualClock, run_virtual
+from flashkit.clock import SystemClock, VirtualClock, run_virtual
 from flashkit.errors import (
     AuthenticationError,
     CircuitOpenError,
@@ -27,6 +29,7 @@ from flashkit.errors import (
     ValidationError,
 )
 from flashkit.ratelimit import MultiLimit, RateLimiter
+from flashkit.redis_ratelimit import RedisRateLimiter
 from flashkit.retry import RetryConfig
 
 MESSAGES = [{"role": "user", "content": "안녕하세요"}]
@@ -399,6 +402,38 @@ def test_token_refunds_off_keeps_estimates_charged_but_charges_overruns(completi
         assert stats.admitted_units > 3 * 500
     else:  # each estimate, then the overrun on top: what is charged is the usage
         assert stats.admitted_units == pytest.approx(3 * (40 + completion))
+
+
+@pytest.mark.services
+def test_a_shared_redis_token_limit_is_reconciled_from_each_calls_own_grant(
+    redis_url: str,
+) -> None:
+    """A RedisRateLimiter as token limiter (real Redis, real time): each call is charged its
+    estimate, then refunded down to its usage from its own grant (admitted_at = the decision's
+    server time): the shared log ends holding exactly the usage."""
+    clock = SystemClock()
+    upstream = Upstream(clock, default=(200, envelope(prompt=40, completion=60), {}, 0.0))  # type: ignore[arg-type]
+    prefix = f"flashkit:test:client:{uuid.uuid4().hex}"
+    tpm = RedisRateLimiter(redis_url, 100_000, 60.0, key_prefix=prefix, name="tokens")
+
+    async def main() -> None:
+        client = make(clock, upstream, token_limiter=tpm, max_tokens=500)()  # type: ignore[arg-type]
+        async with client:
+            await asyncio.gather(*[client.chat(MESSAGES) for _ in range(4)])
+        await tpm.aclose()
+
+    asyncio.run(main())
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        log = f"{{{prefix}:tokens}}:default:log"
+        units = [float(m.decode().rsplit(":", 1)[1]) for m in plain.zrange(log, 0, -1)]
+        plain.delete(*plain.keys(f"{{{prefix}:tokens}}*"))
+    finally:
+        plain.close()
+    assert units == [100.0] * 4  # each grant holds its own usage
+    stats = tpm.stats
+    assert stats.forfeited_units == 0
+    assert stats.admitted_units - stats.refunded_units == pytest.approx(4 * 100)
 
 
 def test_multilimit_charges_tokens_by_name() -> None:

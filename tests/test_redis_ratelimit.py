@@ -572,6 +572,90 @@ def test_state_keys_expire_but_outlive_what_they_hold(
     assert pushes < 60  # most decisions left the expiry alone
 
 
+def pinned(redis_url: str, prefix: str, *args: Any, **kwargs: Any) -> RedisRateLimiter:
+    """A limiter whose scripts run at a VirtualClock's time (its ``clock``)."""
+    clock = VirtualClock(100.0)
+    limiter = RedisRateLimiter(redis_url, *args, key_prefix=prefix, clock=clock, **kwargs)
+    limiter._server_clock = clock.now
+    return limiter
+
+
+def test_adjust_refunds_the_callers_own_grant_when_told_when(redis_url: str, prefix: str) -> None:
+    """As RateLimiter.adjust: 6 units at 100 s, an estimate of 4 at 100.5 s reconciled to 1.
+    Told when it was admitted, the refund comes from that grant (at 101.05 s, once the 6 left,
+    9 fit); without, from the oldest units (the 6, which leave anyway: 9 do not fit)."""
+    outcomes = {}
+    for told in (True, False):
+        limiter = pinned(redis_url, f"{prefix}:{told}", 10, 1.0)
+        clock = limiter.clock
+        assert isinstance(clock, VirtualClock)
+        try:
+            assert limiter.try_acquire(count=6).allowed
+            clock.advance(0.5)
+            decision = limiter.try_acquire_detailed(count=4)
+            assert decision.allowed
+            assert decision.server_time == 100.5
+            clock.advance(0.1)
+            at = 100.5 if told else None
+            assert limiter.adjust("default", 1, estimated_count=4, admitted_at=at) == -3
+            clock.advance(0.45)
+            outcomes[told] = limiter.try_acquire(count=9).allowed
+        finally:
+            limiter.close()
+        assert limiter.stats.refunded_units == 3.0
+    assert outcomes == {True: True, False: False}
+
+
+def test_adjust_never_takes_from_later_grants_leases_or_reservations(
+    redis_url: str, prefix: str
+) -> None:
+    limiter = pinned(redis_url, prefix, 10, 1.0)
+    clock = limiter.clock
+    assert isinstance(clock, VirtualClock)
+    try:
+        assert limiter.try_acquire(count=4).allowed  # the caller's, at 100 s
+        clock.advance(0.5)
+        assert limiter.try_acquire(count=5).allowed  # someone else's, later
+        assert limiter.adjust("default", 0, estimated_count=4, admitted_at=100.0) == -4
+        assert [float(m.split(":")[1]) for m in log_members(redis_url, prefix)] == [5.0]
+        # only later units in reach: nothing to take, forfeited
+        limiter.adjust("default", 0, estimated_count=2, admitted_at=100.2)
+        assert limiter.stats.forfeited_units == 2.0
+        # a charge: a new entry now
+        assert limiter.adjust("default", 3, estimated_count=1) == 2
+        assert not limiter.try_acquire(count=4).allowed  # 5 + 2 in the window: 3 left
+        assert limiter.try_acquire(count=3).allowed
+        with pytest.raises(ValidationError, match="admitted_at"):
+            limiter.adjust("default", 0, estimated_count=1, admitted_at="soon")  # type: ignore[arg-type]
+    finally:
+        limiter.close()
+
+    leased = pinned(redis_url, f"{prefix}:lease", 100, 1.0, lease=10)
+    try:
+        assert leased.try_acquire().allowed  # a lease of 10 ('^'): used before its score
+        assert leased.adjust("default", 0, estimated_count=1) == -1
+        assert leased.stats.forfeited_units == 1.0  # the lease's units are not refundable
+    finally:
+        leased.close()
+
+
+@pytest.mark.parametrize("algorithm", ["gcra", "token_bucket"])
+def test_bucket_adjust_charges_but_forfeits_refunds(
+    redis_url: str, prefix: str, algorithm: Algorithm
+) -> None:
+    limiter = pinned(redis_url, prefix, 10, 1.0, algorithm, 5)
+    trips = limiter.round_trips
+    try:
+        assert limiter.try_acquire(count=2).allowed
+        assert limiter.adjust("default", 1, estimated_count=2) == -1
+        assert limiter.stats.forfeited_units == 1.0
+        assert limiter.round_trips == trips + 1  # a refund costs no round trip
+        assert limiter.adjust("default", 4, estimated_count=1) == 3  # 2 + 3 = 5: empty
+        assert not limiter.try_acquire().allowed
+    finally:
+        limiter.close()
+
+
 # --- real server time -----------------------------------------------------------------------
 @run_async
 async def test_random_patterns_never_exceed_the_rate_in_any_window(
