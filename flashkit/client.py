@@ -374,7 +374,8 @@ class LLMClient:
             headers=default_headers,
             timeout=httpx.Timeout(None if attempt_timeout is None else attempt_timeout + 5.0),
         )
-        self._url = "/chat/completions"
+        # Built once: a relative URL would be parsed and merged with base_url on every request.
+        self._url = httpx.URL(str(self._http.base_url).rstrip("/") + "/chat/completions")
 
         # --- limiters ---------------------------------------------------------------------
         self.limiter = limiter
@@ -599,9 +600,9 @@ class LLMClient:
             self._record(call, wrapped, None)
             raise wrapped from error
         usage = Usage.from_json(data.get("usage")) if isinstance(data, dict) else None
-        if usage is not None:  # counted by the upstream even if the content is unusable
+        if usage is not None and self._token_adjust:  # counted even if the content is unusable
             await self._reconcile(call, usage.total_tokens)
-        result = self._result(call, response, data)
+        result = self._result(call, response, data, usage)
         self._record(call, None, response.status_code)
         return result
 
@@ -691,7 +692,7 @@ class LLMClient:
         status = response.status_code
         failure = classify(response) if status >= 400 else None
         self._learn(call, response, failure)
-        if status >= 400:
+        if status >= 400 and self._token_adjust:
             # Rejected: the answer's tokens were never generated; keep the prompt's.
             await self._reconcile(call, call.prompt_estimate)
         if failure is not None:
@@ -783,7 +784,9 @@ class LLMClient:
             info = tokens_info if adaptive.unit == "tokens" else requests_info
             adaptive.observe_limits(info, status=status, retry_after=retry_after)
 
-    def _result(self, call: _Call, response: httpx.Response, data: dict[str, Any]) -> ChatResult:
+    def _result(
+        self, call: _Call, response: httpx.Response, data: dict[str, Any], usage: Usage | None
+    ) -> ChatResult:
         try:
             choice = data["choices"][0]
             content = choice["message"]["content"]
@@ -799,7 +802,6 @@ class LLMClient:
             raise _malformed("no choices[0].message.content", response) from None
         if not isinstance(content, str):
             raise _malformed("message content is not text", response)
-        usage = Usage.from_json(data.get("usage"))
         if call.parse is not None:
             try:
                 data["parsed"] = call.parse(content)
