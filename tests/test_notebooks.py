@@ -97,7 +97,9 @@ def test_rate_limits_notebook_shows_strict_windows(report) -> None:  # type: ign
     assert burst["flashkit sliding_window"]["max_in_window"] <= 200
     assert burst["aiolimiter AsyncLimiter"]["max_in_window"] > 200
     assert results["sharding"]["max_in_window"] <= results["sharding"]["rate"]
-    assert len(results["reconciliation"]) == 2
+    reconciliation = results["reconciliation"]
+    assert len(reconciliation) == 3
+    assert all(r["peak_tokens_in_a_minute"] <= r["limit_tokens_per_minute"] for r in reconciliation)
 
 
 def test_ratelimit_benchmark_reports_peers_and_redis(report) -> None:  # type: ignore[no-untyped-def]

@@ -217,9 +217,11 @@ def _run_calls(
     latency: Sequence[float],
     concurrency: int,
     *,
-    refund: bool,
+    policy: str,
 ) -> tuple[float, list[tuple[float, int]]]:
-    """Simulated minutes to finish every call, and (start time, tokens used) per call."""
+    """Simulated minutes to finish every call, and (start time, tokens used) per call.
+    ``policy``: "keep" (reserve, no refund), "reservation" (reserve, refund on it) or "acquire"
+    (acquire, refund from the call's own grant: queued calls are pulled forward)."""
     clock = VirtualClock()
     limiter = RateLimiter(tokens_per_minute, 60.0, clock=clock, name="tpm")
     used: list[tuple[float, int]] = []
@@ -228,12 +230,18 @@ def _run_calls(
     async def worker() -> None:
         while queue:
             i = queue.pop(0)
-            reservation = limiter.reserve(count=max_tokens, max_wait=math.inf)
-            await reservation.wait()
+            if policy == "acquire":
+                await limiter.acquire(count=max_tokens)
+                reservation = None
+            else:
+                reservation = limiter.reserve(count=max_tokens, max_wait=math.inf)
+                await reservation.wait()
             started = clock.now()
             await asyncio.sleep(latency[i])
             used.append((started, usage[i]))  # the upstream counts the tokens at the request
-            if refund:
+            if reservation is None:
+                limiter.adjust("default", usage[i], estimated_count=max_tokens, admitted_at=started)
+            elif policy == "reservation":
                 limiter.adjust(reservation, usage[i])
 
     async def main() -> None:
@@ -254,23 +262,30 @@ def token_reconciliation(
     """LLM calls under a tokens-per-minute limit, each charged its ``max_tokens`` estimate up
     front, with and without giving back the unused part when the response reports its usage.
 
-    Each call reserves ``max_tokens`` (:meth:`~flashkit.ratelimit.RateLimiter.reserve`), and with
-    the refund policy gives back the unused part with :meth:`~flashkit.ratelimit.RateLimiter.adjust`
-    on that reservation once its response arrives. Returns one row per policy: calls completed,
+    Three policies: reserve ``max_tokens`` (:meth:`~flashkit.ratelimit.RateLimiter.reserve`) and
+    keep it; reserve and give back the unused part (:meth:`~flashkit.ratelimit.RateLimiter.adjust`
+    on the reservation) once the response arrives; ``acquire`` and give it back from the call's
+    own grant (``adjust(key, ..., admitted_at=)``), which also wakes the calls queued behind it.
+    Returns one row per policy: calls completed,
     simulated minutes, calls per minute, tokens used per minute, and the most tokens actually used
     in any one-minute window (which must stay within the limit).
     """
     rows = []
-    for refund in (False, True):
+    names = {
+        "keep": "reserve max_tokens",
+        "reservation": "reserve max_tokens, refund the rest",
+        "acquire": "acquire max_tokens, refund the rest (queued calls go at once)",
+    }
+    for policy, name in names.items():
         rng = random.Random(seed)
         usage = [rng.randint(max_tokens // 8, max_tokens // 2) for _ in range(calls)]
         latency = [rng.uniform(1.0, 6.0) for _ in range(calls)]
         minutes, used = _run_calls(
-            tokens_per_minute, max_tokens, usage, latency, concurrency, refund=refund
+            tokens_per_minute, max_tokens, usage, latency, concurrency, policy=policy
         )
         rows.append(
             {
-                "policy": "reserve max_tokens, refund the rest" if refund else "reserve max_tokens",
+                "policy": name,
                 "calls": calls,
                 "minutes": minutes,
                 "calls_per_minute": calls / minutes,
