@@ -731,7 +731,7 @@ class RateLimiter:
                 if excess > _EPS:
                     at = entry[0]
                     freed = 0.0
-                    for when, units, _alive in entries[:k]:
+                    for when, units, _alive in itertools.islice(entries, k):
                         freed += units
                         if freed >= excess - _EPS:
                             at = max(previous, when + period)
@@ -1025,6 +1025,10 @@ class RateLimiter:
         woken early, in order.
         """
         _check_actual(actual_count, f"{self.name}.adjust")
+        if admitted_at is not None:
+            admitted_at = _check_number(
+                admitted_at, f"{self.name}.adjust admitted_at", "clock seconds", allow_zero=True
+            )
         now = self._now()
         with self._lock:
             if isinstance(target, TokenReservation):
@@ -1054,13 +1058,6 @@ class RateLimiter:
                 handle = None
             if delta < 0:
                 if handle is None:
-                    if admitted_at is not None:
-                        admitted_at = _check_number(
-                            admitted_at,
-                            f"{self.name}.adjust admitted_at",
-                            "clock seconds",
-                            allow_zero=True,
-                        )
                     self._refund_latest(state, -delta, now, admitted_at)
                 else:
                     self._give_back(state, handle, -delta)

@@ -934,6 +934,29 @@ class _Eval(NamedTuple):
     args: list[Any]
 
 
+class _Reply(NamedTuple):
+    """A decision script's reply (``reply()`` in the Lua prelude), times in server seconds."""
+
+    allowed: bool
+    remaining: float
+    retry_after: float
+    reset_in: float  # seconds from server_now
+    server_now: float
+    at: float  # when the admitted units count
+    epoch: bytes
+    member: bytes
+    granted: float  # units leased (0: no lease)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _Reply:
+        f = raw.split(b" ")
+        now = float(f[4]) + float(f[5]) / 1e6  # as the script computes it
+        at = now if f[6] == b"=" else float(f[6])
+        return cls(
+            f[0] == b"1", float(f[1]), float(f[2]), float(f[3]), now, at, f[7], f[8], float(f[9])
+        )
+
+
 class _Sleep(NamedTuple):
     seconds: float
 
@@ -1706,7 +1729,7 @@ class RedisRateLimiter:
                     args += [member, repr(kept)]
             sent = now()
             try:
-                reply = (yield _Eval(_DECIDE, self._keys(key), args)).split(b" ")
+                reply = _Reply.decode((yield _Eval(_DECIDE, self._keys(key), args)))
             except self._redis_errors as error:
                 self._handle(error)
                 continue
@@ -1714,16 +1737,13 @@ class RedisRateLimiter:
                 if lease:
                     self._lease_inflight.discard(key)
             received = now()
-            server_now = float(reply[4]) + float(reply[5]) / 1e6  # as the script computes it
-            epoch = reply[7]
+            server_now, epoch, remaining = reply.server_now, reply.epoch, reply.remaining
             self._saw(epoch, sent, server_now, received)
             if self._down:
                 self._recovered()
-            allowed = reply[0] == b"1"
-            remaining = float(reply[1])
-            reset_at = received + float(reply[3])
-            if not allowed:
-                retry_after = float(reply[2])
+            reset_at = received + reply.reset_in
+            if not reply.allowed:
+                retry_after = reply.retry_after
                 with self._lock:
                     self._counters.rejected += 1
                 if wait_ok:
@@ -1731,9 +1751,7 @@ class RedisRateLimiter:
                 return RedisDecision(
                     False, remaining, retry_after, reset_at, math.nan, slept, "redis"
                 )
-            at = server_now if reply[6] == b"=" else float(reply[6])
-            member = reply[8]
-            granted = float(reply[9])
+            at, member, granted = reply.at, reply.member, reply.granted
             if granted > 0.0 and granted - n > _EPS:
                 with self._lock:
                     self._leases.setdefault(key, []).append(
@@ -1830,7 +1848,7 @@ class RedisRateLimiter:
             ]
             sent = now()
             try:
-                reply = (yield _Eval(_WAKE, self._keys(key), args)).split(b" ")
+                reply = _Reply.decode((yield _Eval(_WAKE, self._keys(key), args)))
             except self._redis_errors as error:
                 self._handle(error)
                 return None
@@ -1840,18 +1858,15 @@ class RedisRateLimiter:
                 yield from self._refund(key, member, n)
                 raise
             received = now()
-            server_now = float(reply[4]) + float(reply[5]) / 1e6
-            epoch = reply[7]
+            server_now, epoch, remaining = reply.server_now, reply.epoch, reply.remaining
             self._saw(epoch, sent, server_now, received)
-            remaining = float(reply[1])
-            reset_at = received + float(reply[3])
-            if reply[0] != b"1":
+            reset_at = received + reply.reset_in
+            if not reply.allowed:
                 with self._lock:
                     self._counters.rejected += 1
                 self._wakes[4] += 1
-                raise self._timeout_error(key, n, float(reply[2]), timeout)
-            at = server_now if reply[6] == b"=" else float(reply[6])
-            member = reply[8]
+                raise self._timeout_error(key, n, reply.retry_after, timeout)
+            at, member = reply.at, reply.member
             self._wakes[1 if at == due else 2 if at == server_now else 3] += 1
             if at <= server_now:
                 return slept, at, remaining, reset_at

@@ -23,9 +23,11 @@ profile and seed, on its own :class:`~flashkit.clock.VirtualClock`:
   mirrors the profile's request limit — against a continuously refilled bucket, a token bucket
   of the same rate and burst; against fixed windows, GCRA pacing with burst 1 (evenly spaced, so
   a burst can never meet a window or the token limit all at once) — and holds tokens in a sliding
-  window at its tpm (fixed windows count ``max_tokens``, so the token limit is what binds
-  there); for a profile without limits it is the original's 600 rpm, so that both policies offer
-  the same pace and differ only in retry and breaker. ``"adaptive"``: an
+  window at its tpm, each call charged ``max_tokens`` + its prompt and refunded down to its usage
+  against buckets (which settle their estimate); fixed windows count ``max_tokens`` as spent,
+  so there no refund is made and the token limit is what binds; for a profile without limits
+  it is the original's 600 rpm, so that both policies offer the same pace and differ only in
+  retry and breaker. ``"adaptive"``: an
   :class:`~flashkit.adaptive.AdaptiveRateLimiter` starting at 60 rpm and learning from the
   headers; ``"none"``: no limiter.
 - ``peer`` — what a careful engineer assembles from the peers' own documentation: tenacity
