@@ -4,9 +4,11 @@ Every public name of the primitives is re-exported here; each lives in the modul
 its idea: ``flashkit.clock``, ``flashkit.errors``, ``flashkit.retry``, ``flashkit.budget``,
 ``flashkit.breaker``, ``flashkit.ratelimit``, ``flashkit.redis_ratelimit``,
 ``flashkit.adaptive``, ``flashkit.logs``. The larger subsystems re-export their main names and
-keep the rest in their namespace: ``flashkit.client`` (the resilient LLM client),
-``flashkit.pipeline`` (the flashcard pipeline), ``flashkit.telemetry`` (metric names, span
-schema) and ``flashkit.sim`` (the simulated upstream).
+keep the rest in their namespace: ``flashkit.client`` (the resilient LLM client) and
+``flashkit.telemetry`` (metric names, span schema). The application and the test bench live in
+their own packages and are not imported here: ``flashkit.flashcards`` (the flashcard pipeline),
+``flashkit.config`` (its settings), ``flashkit.db`` (its database), ``flashkit.sim`` (the
+simulated upstream) and ``flashkit.lab`` (the experiments behind the notebooks).
 """
 
 from flashkit.adaptive import AdaptiveRateLimiter, AdaptiveStats
@@ -53,14 +55,6 @@ from flashkit.errors import (
     retry_after_of,
 )
 from flashkit.logs import StructuredFormatter, configure_logging
-from flashkit.pipeline import (
-    FlashcardRow,
-    PipelineReport,
-    VocabularyItem,
-    WordResult,
-    read_vocabulary,
-    run_pipeline,
-)
 from flashkit.ratelimit import (
     Algorithm,
     LimiterStats,
@@ -81,7 +75,6 @@ from flashkit.retry import (
     retry,
     retrying,
 )
-from flashkit.sim import FaultProfile, SimulatedUpstream
 from flashkit.telemetry import (
     Telemetry,
     configure_opentelemetry,
@@ -120,8 +113,6 @@ __all__ = [
     "default_clock",
     "ErrorCategory",
     "ExternalServiceError",
-    "FaultProfile",
-    "FlashcardRow",
     "get_meter",
     "get_tracer",
     "instrument_breaker",
@@ -134,11 +125,9 @@ __all__ = [
     "MultiLimit",
     "MultiReservation",
     "PercentBudget",
-    "PipelineReport",
     "RateLimiter",
     "RateLimitError",
     "RateLimitResult",
-    "read_vocabulary",
     "redact",
     "RedisDecision",
     "RedisRateLimiter",
@@ -151,10 +140,8 @@ __all__ = [
     "RetryExhausted",
     "retrying",
     "Retrying",
-    "run_pipeline",
     "run_virtual",
     "ShardedRateLimiter",
-    "SimulatedUpstream",
     "StateChange",
     "StructuredError",
     "StructuredFormatter",
@@ -168,6 +155,4 @@ __all__ = [
     "ValidationError",
     "VirtualClock",
     "VirtualEventLoop",
-    "VocabularyItem",
-    "WordResult",
 ]

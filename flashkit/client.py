@@ -75,6 +75,7 @@ __all__ = [
     "LLMClient",
     "Provider",
     "Usage",
+    "breaker_handles",
 ]
 
 logger = logging.getLogger("flashkit.client")
@@ -203,8 +204,9 @@ _CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
 )
 
 
-def _breaker_handles(error: BaseException) -> bool:
-    """Default breaker policy: rate limits, bad requests and bad keys say nothing about health."""
+def breaker_handles(error: BaseException) -> bool:
+    """The client's breaker policy (its ``handled``): rate limits, bad requests and bad keys say
+    nothing about the upstream's health and do not count; every other failure does."""
     if isinstance(error, StructuredError):
         return error.category not in (
             ErrorCategory.VALIDATION,
@@ -237,8 +239,9 @@ class LLMClient:
             (``OPENROUTER_API_KEY`` / ``OPENAI_API_KEY``). Required except for ``sim``.
         model: default model (``anthropic/claude-3.5-sonnet``).
         max_tokens / temperature: defaults for :meth:`chat` (2000 / 0.7).
-        transport: an httpx async transport (tests, the simulator); default: the network. For
-            ``provider="sim"`` without one, a healthy in-process simulator is built.
+        transport: an httpx async transport (tests, the simulator); default: the network.
+            ``provider="sim"`` needs one (``SimulatedUpstream.transport()`` from
+            :mod:`flashkit.sim`) or the ``base_url`` of a ``flashkit sim serve``.
         limiter: requests limiter (``RateLimiter``, ``MultiLimit``, ``RedisRateLimiter`` or
             ``AdaptiveRateLimiter``); default none. In a ``MultiLimit``, limits whose ``name``
             contains "token" are charged the token estimate, the others 1.
@@ -356,12 +359,13 @@ class LLMClient:
         self._now = self.clock.now
         self.name = name
 
-        self.upstream: Any = None  # the in-process simulator, when this client built one
         if transport is None and preset.name == "sim" and base_url is None:
-            from flashkit.sim import FaultProfile, SimulatedUpstream
-
-            self.upstream = SimulatedUpstream(FaultProfile.preset("healthy"), clock=self.clock)
-            transport = self.upstream.transport()
+            raise ValidationError(
+                "LLMClient(provider='sim'): pass transport=upstream.transport() (an in-process "
+                "flashkit.sim.SimulatedUpstream) or base_url= of a `flashkit sim serve`",
+                code="invalid_config",
+                details={"field": "transport"},
+            )
 
         default_headers = {"content-type": "application/json", "accept": "application/json"}
         if headers:
@@ -402,7 +406,7 @@ class LLMClient:
                 min_throughput=20,
                 sampling_duration=30.0,
                 break_duration=5.0,
-                handled=_breaker_handles,
+                handled=breaker_handles,
                 name=name,
                 clock=self.clock,
             )
@@ -534,47 +538,6 @@ class LLMClient:
             raise
         finally:
             _CURRENT.reset(token)
-
-    async def generate_flashcard(
-        self,
-        word: Any,
-        stage: int,
-        *,
-        stage1: Any = None,
-        model: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-    ) -> dict[str, Any]:
-        """The action plan's call: stage 1 (nuance JSON) or stage 2 (flashcard TSV rows) for one
-        vocabulary word, parsed and validated (unparsable answers are retried).
-
-        ``word`` is a :class:`flashkit.pipeline.VocabularyItem`, a term, or a mapping with
-        ``position``/``term``/``type``. Stage 2 needs ``stage1=`` (the stage-1 result or dict).
-        Returns ``{"stage", "position", "term", "result", "attempts", "usage", "latency"}`` where
-        ``result`` is the stage-1 dict or the list of stage-2 row dicts.
-        """
-        from flashkit import pipeline
-
-        item = pipeline.VocabularyItem.coerce(word)
-        messages, parse = pipeline.stage_request(item, stage, stage1)
-        chat = await self.chat(
-            messages,
-            model=model or pipeline.stage_model(stage, self.model),
-            max_tokens=max_tokens,
-            temperature=temperature,
-            parse=parse,
-            stage=stage,
-        )
-        parsed = chat.raw.get("parsed")
-        return {
-            "stage": stage,
-            "position": item.position,
-            "term": item.term,
-            "result": pipeline.to_jsonable(parsed),
-            "attempts": chat.attempts,
-            "usage": dataclasses.asdict(chat.usage) if chat.usage is not None else None,
-            "latency": chat.latency,
-        }
 
     # --- one attempt ---------------------------------------------------------------------------
     async def _attempt(self, call: _Call) -> ChatResult:

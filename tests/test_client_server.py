@@ -20,6 +20,8 @@ from _sim_http import serving
 
 from flashkit.client import LLMClient
 from flashkit.errors import StructuredError
+from flashkit.flashcards.pipeline import generate_flashcard
+from flashkit.flashcards.vocabulary import VocabularyItem
 from flashkit.retry import Jitter, RetryConfig
 from flashkit.sim import FaultProfile, SimulatedUpstream, lexicon
 
@@ -77,10 +79,9 @@ def test_both_flashcard_stages_over_real_http(provider: str) -> None:
                 transport=transport,
                 attempt_timeout=10.0,
             ) as client:
-                assert client.upstream is None  # no in-process simulator: the network
-                word = {"position": 3, "term": "학교", "type": "noun"}
-                first = await client.generate_flashcard(word, 1)
-                second = await client.generate_flashcard(word, 2, stage1=first["result"])
+                word = VocabularyItem(3, "학교", "noun")
+                first = await generate_flashcard(client, word, 1)
+                second = await generate_flashcard(client, word, 2, stage1=first["result"])
                 return first, second
 
         first, second = asyncio.run(asyncio.wait_for(main(), 30.0))
@@ -145,12 +146,12 @@ def test_soak_50_callers_nothing_lost_and_server_counts_match_the_client() -> No
             for position, term in enumerate(words, 1):
                 if time.monotonic() >= stop:
                     return
-                word = {"position": position, "term": term}
+                word = VocabularyItem(position, term)
                 stage1: Any = None
                 for stage in (1, 2):
                     tally.calls += 1
                     try:
-                        done = await client.generate_flashcard(word, stage, stage1=stage1)
+                        done = await generate_flashcard(client, word, stage, stage1=stage1)
                     except StructuredError as error:
                         tally.errors[type(error).__name__] += 1
                         break

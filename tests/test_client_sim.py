@@ -14,6 +14,8 @@ from flashkit.adaptive import AdaptiveRateLimiter
 from flashkit.client import ChatResult, LLMClient
 from flashkit.clock import VirtualClock, run_virtual
 from flashkit.errors import StructuredError
+from flashkit.flashcards.pipeline import generate_flashcard
+from flashkit.flashcards.vocabulary import VocabularyItem
 from flashkit.sim import FaultProfile, HeaderStyle, SimulatedUpstream
 
 MESSAGES = [{"role": "user", "content": "안녕하세요"}]
@@ -221,10 +223,11 @@ def test_generate_flashcard_both_stages() -> None:
     clock = VirtualClock()
 
     async def main() -> tuple[dict[str, Any], dict[str, Any]]:
-        async with LLMClient(provider="sim", clock=clock) as client:
-            word = {"position": 1, "term": "내가", "type": "pronoun"}
-            first = await client.generate_flashcard(word, 1)
-            second = await client.generate_flashcard(word, 2, stage1=first["result"])
+        upstream = SimulatedUpstream(FaultProfile.preset("healthy"), clock=clock)
+        async with upstream.client() as client:
+            word = VocabularyItem(1, "내가", "pronoun")
+            first = await generate_flashcard(client, word, 1)
+            second = await generate_flashcard(client, word, 2, stage1=first["result"])
             return first, second
 
     first, second = run_virtual(main(), clock=clock)

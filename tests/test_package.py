@@ -39,16 +39,7 @@ NAMESPACES = {
         "instrument_limiter",
         "retry_hooks",
     ],
-    "sim": ["FaultProfile", "SimulatedUpstream"],
     "client": ["ChatResult", "LLMClient", "Usage"],
-    "pipeline": [
-        "FlashcardRow",
-        "PipelineReport",
-        "VocabularyItem",
-        "WordResult",
-        "read_vocabulary",
-        "run_pipeline",
-    ],
 }
 
 

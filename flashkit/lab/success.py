@@ -51,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -67,19 +66,19 @@ from unittest import mock
 import httpx
 import pandas as pd
 
-from flashkit.adaptive import AdaptiveRateLimiter
 from flashkit.clock import Clock, VirtualClock, run_virtual
+from flashkit.config import Settings, build_client
 from flashkit.errors import StructuredError
-from flashkit.ratelimit import RateLimiter
-from flashkit.retry import Jitter, RetryConfig
-from flashkit.sim import (
+from flashkit.flashcards.pipeline import generate_flashcard
+from flashkit.flashcards.stages import (
     STAGE1_MODEL,
+    STAGE1_REQUIRED,
     STAGE2_MODEL,
     TSV_COLUMNS,
-    FaultProfile,
-    SimulatedUpstream,
-    lexicon,
+    stage_request,
 )
+from flashkit.retry import Jitter, RetryConfig
+from flashkit.sim import FaultProfile, SimulatedUpstream, lexicon
 
 if TYPE_CHECKING:
     from flashkit.client import LLMClient
@@ -117,30 +116,11 @@ API_KEY: Final = "sk-sim-success-metrics"
 VIRTUAL_EPOCH: Final = _dt.datetime(2025, 1, 1, tzinfo=_dt.UTC)
 
 AFTER_RETRY: Final = RetryConfig(10, 1.0, 60.0, 2.0, Jitter.FULL, max_retry_after=120.0)
-"""The tuned retry of the ``after`` policy: a bulk pipeline would rather finish a word minutes
-late than lose it, so 10 attempts with full jitter from 1 s up to 60 s (two to three minutes of
-patience: most words ride out the presets' 2-minute outage); the client's breaker turns the
-attempts made while it is open into local rejections, and its retry budget bounds the extra load.
-(The client's default is 5 attempts up to 30 s.)"""
+"""The tuned retry, as :class:`flashkit.config.RetrySettings` defaults it (the ``after`` policy
+takes it from there): a bulk pipeline would rather finish a word minutes late than lose it, so
+10 attempts with full jitter from 1 s up to 60 s; the breaker turns the attempts made while it is
+open into local rejections, and the retry budget bounds the extra load."""
 
-# Stage 1 fields the original ``Stage1Response`` requires (``other_meanings``, ``usage_context``
-# and ``homonyms`` are optional there).
-STAGE1_REQUIRED: Final = (
-    "term_number",
-    "term",
-    "ipa",
-    "pos",
-    "primary_meaning",
-    "metaphor",
-    "metaphor_noun",
-    "metaphor_action",
-    "suggested_location",
-    "anchor_object",
-    "anchor_sensory",
-    "explanation",
-    "comparison",
-    "korean_keywords",
-)
 _JSON_OBJECT: Final = re.compile(r"\{.*\}", re.DOTALL)
 
 
@@ -200,13 +180,11 @@ def load_words(count: int, vocabulary: str | Path | None = None) -> list[Word]:
 
 
 def _stage1_messages(word: Word) -> list[dict[str, str]]:
-    item = {"position": word.position, "term": word.term, "type": word.type}
-    return [{"role": "user", "content": json.dumps(item, ensure_ascii=False)}]
+    return stage_request(word, 1)[0]
 
 
 def _stage2_messages(word: Word, stage1: Mapping[str, Any]) -> list[dict[str, str]]:
-    item = {"position": word.position, "term": word.term, "stage1_result": dict(stage1)}
-    return [{"role": "user", "content": json.dumps(item, ensure_ascii=False)}]
+    return stage_request(word, 2, stage1)[0]
 
 
 def parse_stage1(text: str) -> dict[str, Any]:
@@ -218,7 +196,7 @@ def parse_stage1(text: str) -> dict[str, Any]:
     data = json.loads(match.group(0))
     if not isinstance(data, dict):
         raise TypeError("stage 1: the answer is not a JSON object")
-    missing = [name for name in STAGE1_REQUIRED if data.get(name) is None]
+    missing = [name for name in STAGE1_REQUIRED if data.get(name) is None]  # null too
     if missing:
         raise KeyError(f"stage 1: missing {', '.join(missing)}")
     return data
@@ -588,6 +566,17 @@ async def _run_before(
     return records, breaker.trips, notes
 
 
+def after_settings(profile: FaultProfile, workload: Workload, *, name: str = "custom") -> Settings:
+    """The ``after`` policy: flashkit's default :class:`~flashkit.config.Settings` (what
+    ``flashkit process`` runs), with the profile's published limits and the workload's
+    ``concurrency`` and ``max_tokens``."""
+    settings = Settings().replace(
+        {"run.batch_size": workload.concurrency, "run.max_tokens": workload.max_tokens},
+        "workload",
+    )
+    return settings.with_provider_limits(**profile.published_limits(), source=f"sim profile {name}")
+
+
 def _after_client(
     transport: _RecordingTransport,
     clock: VirtualClock,
@@ -595,42 +584,28 @@ def _after_client(
     workload: Workload,
     seed: int,
     after_limiter: AfterLimiter,
+    after_changes: Mapping[str, Any] | None = None,
 ) -> LLMClient:
-    from flashkit.client import LLMClient
-
-    limiter: RateLimiter | AdaptiveRateLimiter | None = None
-    token_limiter: RateLimiter | None = None
-    if after_limiter == "sized":
-        rpm, tpm = _limits_for(profile)
-        if profile.limit_mode == "token_bucket":
-            # The upstream refills continuously and lets a full minute's worth go at once:
-            # mirror its request bucket, burst included (even pacing would leave it unused).
-            limiter = RateLimiter(
-                rpm, 60.0, "token_bucket", burst=rpm, clock=clock, name="requests"
-            )
-        else:
-            limiter = RateLimiter(rpm, 60.0, "gcra", clock=clock, name="requests")
-        if tpm is not None:
-            # A sliding window (never more than tpm in any minute: within either upstream's
-            # rule), whose refunds of unused max_tokens are exact for every grant.
-            token_limiter = RateLimiter(tpm, 60.0, clock=clock, name="tokens")
-    elif after_limiter == "adaptive":
-        limiter = AdaptiveRateLimiter(initial_rate=60.0, period=60.0, clock=clock)
-    elif after_limiter != "none":
+    settings = after_settings(profile, workload)
+    if after_changes:
+        settings = settings.replace(after_changes, "after_changes")
+    if after_limiter == "adaptive":
+        settings = settings.replace(
+            {"limits.rpm": None, "limits.tpm": None, "limits.adaptive": True}, "after_limiter"
+        )
+    elif after_limiter == "none":
+        settings = settings.replace(
+            {"limits.rpm": None, "limits.tpm": None, "limits.adaptive": False}, "after_limiter"
+        )
+    elif after_limiter != "sized":
         raise ValueError(f"after_limiter={after_limiter!r}: use 'sized', 'adaptive' or 'none'")
-    retry = dataclasses.replace(AFTER_RETRY, rng=random.Random(seed))
-    return LLMClient(
-        provider="sim",
-        base_url=BASE_URL,
+    settings = settings.replace({"run.provider": "sim", "run.base_url": BASE_URL}, "lab")
+    return build_client(
+        settings,
         api_key=API_KEY,
         transport=transport,
-        limiter=limiter,
-        token_limiter=token_limiter,
-        # fixed windows (OpenAI-style) count max_tokens as spent: no refunds to mirror them
-        token_refunds=profile.limit_mode == "token_bucket",
-        retry=retry,
-        max_tokens=workload.max_tokens,
         clock=clock,
+        rng=random.Random(seed),
         name="after",
     )
 
@@ -643,13 +618,15 @@ async def _run_after(
     words: Sequence[Word],
     seed: int,
     after_limiter: AfterLimiter,
+    after_changes: Mapping[str, Any] | None,
 ) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
-    client = _after_client(transport, clock, upstream.profile, workload, seed, after_limiter)
+    client = _after_client(
+        transport, clock, upstream.profile, workload, seed, after_limiter, after_changes
+    )
 
-    async def process(word: Word) -> None:
-        first = await client.chat(_stage1_messages(word), model=STAGE1_MODEL, parse=parse_stage1)
-        stage1 = first.raw["parsed"]
-        await client.chat(_stage2_messages(word, stage1), model=STAGE2_MODEL, parse=parse_stage2)
+    async def process(word: Word) -> None:  # the flashcard pipeline's two calls
+        first = await generate_flashcard(client, word, 1)
+        await generate_flashcard(client, word, 2, stage1=first["result"])
 
     quiet = logging.getLogger("flashkit.client")
     level = quiet.level
@@ -738,9 +715,11 @@ def run_policy(
     *,
     seed: int = 0,
     after_limiter: AfterLimiter = "sized",
+    after_changes: Mapping[str, Any] | None = None,
 ) -> PolicyRun:
     """Run ``workload`` under ``policy`` against a fresh ``SimulatedUpstream(profile, seed=seed)``
-    in virtual time; deterministic from ``seed``."""
+    in virtual time; deterministic from ``seed``. ``after_changes`` (``{"section.field": value}``)
+    changes the ``after`` policy's settings, for experiments."""
     if isinstance(profile, str):
         profile = FaultProfile.preset(profile)
     workload = workload if workload is not None else Workload()
@@ -754,7 +733,7 @@ def run_policy(
             return await _run_before(upstream, transport, clock, workload, words)
         if policy == "after":
             return await _run_after(
-                upstream, transport, clock, workload, words, seed, after_limiter
+                upstream, transport, clock, workload, words, seed, after_limiter, after_changes
             )
         if policy == "peer":
             return await _run_peer(upstream, transport, clock, workload, words)
@@ -786,35 +765,76 @@ def run_policy(
 # Metrics and verdicts
 
 
-def _limit_seconds(units: float, per_minute: float, profile: FaultProfile) -> float:
-    """Seconds before ``units`` can all have been admitted under a per-minute limit."""
-    if units <= 0:
-        return 0.0
+_Z99: Final = 2.3263478740408408  # the standard normal's 99th percentile
+
+
+def _allowance(per_minute: float | None, t: float, profile: FaultProfile) -> float:
+    """Units a per-minute limit has admitted by ``t`` at most (inf: no limit)."""
+    if per_minute is None:
+        return math.inf
     if profile.limit_mode == "fixed_window":
-        return math.floor((units - 1) / per_minute) * 60.0
-    capacity = max(1.0, per_minute * profile.bucket_fraction)
-    return max(0.0, (units - capacity) / (per_minute / 60.0))
+        return per_minute * (math.floor(t / 60.0) + 1)
+    return max(1.0, per_minute * profile.bucket_fraction) + per_minute / 60.0 * t
 
 
 def ideal_seconds(
     profile: FaultProfile, workload: Workload, *, tokens_per_request: float = 0.0
 ) -> float:
-    """The fastest the workload could finish with no faults, as far as the limits allow: the
-    larger of the last release plus two median calls, the concurrency bound (rounds of two
-    median calls), and the time the upstream's request (and, with ``tokens_per_request``, token)
-    limit needs to admit every call, plus one median call."""
+    """The expected fastest completion of ``workload`` against ``profile``: a fluid model of a
+    client that never waits needlessly and keeps every one of its ``concurrency`` slots busy.
+
+    Each call needs attempts until one succeeds (the profile's fault rates, a brownout's error
+    rate, none during an outage); an attempt holds a slot for the *mean* latency (lognormal: the
+    median times ``exp(sigma**2 / 2)``, slowed by the load and by a brownout; 529s take
+    ``reject_latency``); attempts are admitted no faster than the request limit (and, with
+    ``tokens_per_request``, the token limit) allows; words are released as the workload says;
+    no slot idles while a released word waits; the last answer comes one mean call after it was
+    sent. No faults and no limits: ``2 × words × mean latency / concurrency`` plus one call.
+    """
     median = profile.latency_median
-    requests = 2 * workload.words
-    bounds = [
-        workload.release_times()[-1] + 2 * median,
-        math.ceil(workload.words / workload.concurrency) * 2 * median,
-    ]
-    if profile.rpm is not None:
-        bounds.append(_limit_seconds(requests, profile.rpm, profile) + median)
-    if profile.tpm is not None and tokens_per_request > 0:
-        tokens = requests * tokens_per_request
-        bounds.append(_limit_seconds(tokens, profile.tpm, profile) + median)
-    return max(bounds)
+    sigma = math.log(profile.latency_p99 / median) / _Z99 if median > 0 else 0.0
+    mean = median * math.exp(sigma * sigma / 2.0)
+    needed = 2.0 * workload.words
+    slow_fail = profile.error_rate + profile.malformed_rate + profile.truncated_rate
+    slow_fail += profile.bad_content_rate
+    spacing = workload.arrival / workload.words
+    step = max(0.01, min(0.5, mean / 20.0))
+    t = attempts = successes = 0.0
+    while successes < needed - 1e-9:
+        released = workload.words if spacing == 0 else min(workload.words, t // spacing + 1)
+        # Slots in use: all of them while words wait (no slot ever idles), else the words
+        # released and not done (whole words: the last one still holds a slot).
+        waiting = math.ceil(released - successes / 2.0 - 1e-9)
+        flight = workload.concurrency if released == workload.words else waiting
+        flight = min(workload.concurrency, flight)
+        t += step
+        if flight <= 0 or _in_windows(profile.outages, t):
+            continue
+        latency = mean * (1.0 + profile.load_slowdown * max(flight - 1.0, 0.0))
+        fail = slow_fail
+        if _in_windows(profile.brownouts, t):
+            latency *= profile.brownout_latency_factor
+            fail = (
+                slow_fail
+                - profile.error_rate
+                + max(profile.error_rate, profile.brownout_error_rate)
+            )
+        duration = profile.overload_rate * profile.reject_latency
+        duration += (1.0 - profile.overload_rate) * latency
+        wanted = flight * step / duration if duration > 0 else math.inf
+        room = _allowance(profile.rpm, t, profile) - attempts
+        if tokens_per_request > 0:
+            tokens = _allowance(profile.tpm, t, profile) - attempts * tokens_per_request
+            room = min(room, tokens / tokens_per_request)
+        ok = max(0.0, 1.0 - fail - profile.overload_rate)
+        made = max(0.0, min(wanted, room, (needed - successes) / max(1e-9, ok)))
+        attempts += made
+        successes += made * ok
+    return t + mean  # the last answer arrives one call after it was sent
+
+
+def _in_windows(windows: Sequence[tuple[float, float]], t: float) -> bool:
+    return any(start <= t < end for start, end in windows)
 
 
 def _percentile(values: pd.Series, q: float) -> float:
@@ -982,6 +1002,7 @@ def run_success_metrics(
     arrival: float = 0.0,
     policies: Sequence[Policy] = POLICIES,
     after_limiter: AfterLimiter = "sized",
+    after_changes: Mapping[str, Any] | None = None,
     vocabulary: str | None = None,
 ) -> SuccessReport:
     """Run the same workload under each of ``policies`` and measure the plan's success metrics.
@@ -1000,7 +1021,12 @@ def run_success_metrics(
     runs: dict[str, PolicyRun] = {}
     for policy in policies:
         runs[policy] = run_policy(
-            policy, resolved, workload, seed=seed, after_limiter=after_limiter
+            policy,
+            resolved,
+            workload,
+            seed=seed,
+            after_limiter=after_limiter,
+            after_changes=after_changes,
         )
     # One ideal for every policy, from the run that got the most answers (tokens per call).
     best = max(runs.values(), key=lambda run: run.stats["ok"])

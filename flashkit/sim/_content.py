@@ -14,8 +14,8 @@ import json
 import zlib
 from typing import Any, Final
 
-# The pipeline's contract (model names, TSV columns) is defined once, by the pipeline.
-from flashkit.pipeline import STAGE1_MODEL, STAGE2_MODEL, TSV_COLUMNS
+# The stage contract (model names, fields, TSV columns) is defined once, by the application.
+from flashkit.flashcards.stages import STAGE1_FIELDS, STAGE1_MODEL, STAGE2_MODEL, TSV_COLUMNS
 from flashkit.sim._lexicon import Entry, lexicon
 
 __all__ = [
@@ -36,25 +36,6 @@ __all__ = [
 ]
 
 TSV_HEADER: Final = "\t".join(TSV_COLUMNS)
-STAGE1_FIELDS: Final = (
-    "term_number",
-    "term",
-    "ipa",
-    "pos",
-    "primary_meaning",
-    "other_meanings",
-    "metaphor",
-    "metaphor_noun",
-    "metaphor_action",
-    "suggested_location",
-    "anchor_object",
-    "anchor_sensory",
-    "explanation",
-    "usage_context",
-    "comparison",
-    "homonyms",
-    "korean_keywords",
-)
 TEMPLATE_MARK: Final = "[flashkit.sim template]"
 """Marks content made for a word the lexicon does not know (in meanings, explanations, tags)."""
 

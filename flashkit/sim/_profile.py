@@ -245,6 +245,15 @@ class FaultProfile:
             return self.count_rejected
         return self.limit_mode == "fixed_window"
 
+    def published_limits(self) -> dict[str, Any]:
+        """What a provider would publish about its limits: ``rpm`` and ``tpm`` at the start
+        (None: no limit), how it counts them (``style``: the ``limit_mode``) and, for token
+        buckets, how many requests may go at once (``burst``)."""
+        burst = None
+        if self.rpm is not None and self.limit_mode == "token_bucket":
+            burst = max(1.0, self.rpm * self.bucket_fraction)
+        return {"rpm": self.rpm, "tpm": self.tpm, "style": self.limit_mode, "burst": burst}
+
     @staticmethod
     def preset(name: str, **changes: Any) -> FaultProfile:
         """The named preset (see ``PRESETS``), optionally with some fields changed."""

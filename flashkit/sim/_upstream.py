@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import httpx
 
+from flashkit.client import LLMClient
 from flashkit.clock import Clock, SystemClock, default_clock
 from flashkit.errors import ValidationError
 from flashkit.sim._content import (
@@ -310,6 +311,12 @@ class SimulatedUpstream:
     def transport(self) -> httpx.AsyncBaseTransport:
         """An httpx transport answering every request in process with :meth:`handle`."""
         return SimTransport(self)
+
+    def client(self, **options: Any) -> LLMClient:
+        """An :class:`~flashkit.client.LLMClient` talking to this upstream in process, on its
+        clock (``options`` are the client's keyword arguments)."""
+        options.setdefault("clock", self.clock)
+        return LLMClient(provider="sim", transport=self.transport(), **options)
 
     @property
     def asgi_app(self) -> SimAsgiApp:

@@ -1,0 +1,679 @@
+"""One :class:`Settings` object for a flashcard run, and where each value came from.
+
+>>> settings = load_settings(config_file="flashkit.toml", overrides={"run.batch_size": 20})
+>>> settings.retry.max_attempts, settings.source("retry.max_attempts")
+(10, 'default')
+>>> client = build_client(settings, api_key="sk-...")          # the tuned policy, composed
+
+Values resolve in this order, later winning: the built-in defaults (the *tuned* policy, the
+one ``benchmarks/success_metrics.ipynb`` calls *after*) < ``flashkit.toml`` in the working
+directory or ``config_file`` < ``FLASHKIT_*`` environment variables < ``overrides`` (the command
+line). ``FLASHKIT_SECTION_FIELD`` sets ``section.field`` (``FLASHKIT_RETRY_MAX_ATTEMPTS=5``);
+the rollout flags of the plan are ``FLASHKIT_POLICY=original|tuned`` (``original``: the original
+pipeline's parameters, the rollback path), ``FLASHKIT_BREAKER=off`` and
+``FLASHKIT_ADAPTIVE_LIMIT=off``. Times are seconds, limits are per minute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import random
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar, get_args, get_origin
+
+import httpx
+
+from flashkit.adaptive import AdaptiveRateLimiter
+from flashkit.breaker import CircuitBreaker
+from flashkit.budget import RetryBudget
+from flashkit.client import DEFAULT_MODEL, LLMClient, breaker_handles
+from flashkit.clock import Clock
+from flashkit.errors import ValidationError
+from flashkit.ratelimit import RateLimiter
+from flashkit.retry import Jitter, RetryConfig, RetryEvent
+
+__all__ = [
+    "CONFIG_FILE",
+    "BreakerSettings",
+    "HedgingSettings",
+    "LimitSettings",
+    "RetrySettings",
+    "RunSettings",
+    "Settings",
+    "TelemetrySettings",
+    "build_client",
+    "load_settings",
+    "original_settings",
+]
+
+CONFIG_FILE: Final = "flashkit.toml"
+"""The settings file read from the working directory when no other is named."""
+
+Policy = Literal["tuned", "original"]
+LimitStyle = Literal["auto", "token_bucket", "fixed_window"]
+JitterName = Literal["none", "full", "equal", "decorrelated"]
+BudgetName = Literal["finagle", "grpc", "aws", "none"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunSettings:
+    """What to run against and how much at once.
+
+    ``provider``: ``openrouter`` | ``openai`` (any OpenAI-compatible ``base_url``) | ``sim``;
+    ``batch_size``: words in flight at once (50: enough to keep a 600-per-minute limit busy at
+    seconds-long calls); ``max_tokens`` and ``temperature`` per call; ``db``: the state
+    database URL; ``redis``: a Redis URL to share the provider's limit between processes;
+    ``profile`` and ``seed``: the simulator's fault profile (``provider = "sim"``).
+    """
+
+    provider: Literal["openrouter", "openai", "sim"] = "openrouter"
+    base_url: str | None = None
+    model: str = DEFAULT_MODEL
+    batch_size: int = 50
+    max_tokens: int = 2000
+    temperature: float = 0.7
+    db: str = "sqlite:///flashkit.db"
+    redis: str | None = None
+    output: str = "output"
+    profile: str = "flaky"
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetrySettings:
+    """Retry of each call: ``max_attempts`` in all, backoff from ``initial_delay`` growing by
+    ``multiplier`` up to ``max_delay`` seconds with ``jitter``; a server's ``retry-after`` is
+    honoured up to ``max_retry_after`` seconds; ``budget``: the retry budget shared by all calls
+    (``finagle``: 20 % of requests plus 10/s; ``grpc``; ``aws``; ``none``)."""
+
+    max_attempts: int = 10
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    multiplier: float = 2.0
+    jitter: JitterName = "full"
+    max_retry_after: float = 120.0
+    respect_retry_after: bool = True
+    budget: BudgetName = "finagle"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BreakerSettings:
+    """The circuit breaker: open when at least ``failure_threshold`` of the calls of the last
+    ``sampling_duration`` seconds failed (and at least ``min_throughput`` were made), for
+    ``break_duration`` seconds. Rate limits, bad requests and bad keys do not count."""
+
+    enabled: bool = True
+    failure_threshold: float = 0.5
+    min_throughput: int = 20
+    sampling_duration: float = 30.0
+    break_duration: float = 5.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LimitSettings:
+    """The provider's limits, mirrored by the client so it never runs into them.
+
+    ``rpm`` / ``tpm``: requests and tokens per minute (None: unknown). ``style``: how the
+    provider counts — ``token_bucket`` (refilled continuously, a minute's worth at once:
+    Anthropic), ``fixed_window`` (per-minute windows counting ``max_tokens`` as spent: OpenAI),
+    or ``auto`` (from the provider). ``burst``: requests a token bucket lets go at once (None: a
+    minute's worth). ``margin``: seconds of the provider's refill a bucket keeps in reserve
+    from its burst (0.5), so requests delayed on their way (event loop, network) still arrive
+    within the provider's count. ``adaptive``: learn an unknown request limit from rate-limit
+    headers and 429s. ``timeout``: longest wait for the limiter per attempt (None: unbounded).
+    """
+
+    rpm: float | None = None
+    tpm: float | None = None
+    style: LimitStyle = "auto"
+    burst: float | None = None
+    margin: float = 0.5
+    adaptive: bool = True
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HedgingSettings:
+    """Per-attempt time bounds: ``attempt_timeout`` seconds per HTTP exchange, ``deadline``
+    seconds for a whole call (None: unbounded), and ``after``: send a hedge request when the
+    first has not answered after this many seconds (None: no hedging)."""
+
+    attempt_timeout: float = 60.0
+    deadline: float | None = None
+    after: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TelemetrySettings:
+    """OpenTelemetry: ``enabled`` exports spans and metrics (OTLP when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set) under ``service_name``."""
+
+    enabled: bool = False
+    service_name: str = "flashkit"
+
+
+_SECTIONS: Final[Mapping[str, type]] = {
+    "run": RunSettings,
+    "retry": RetrySettings,
+    "breaker": BreakerSettings,
+    "limits": LimitSettings,
+    "hedging": HedgingSettings,
+    "telemetry": TelemetrySettings,
+}
+_FLAGS: Final[Mapping[str, str]] = {
+    "FLASHKIT_BREAKER": "breaker.enabled",
+    "FLASHKIT_ADAPTIVE_LIMIT": "limits.adaptive",
+    "FLASHKIT_TELEMETRY": "telemetry.enabled",
+}
+# Not settings: read elsewhere (API keys, test services), so never "unknown".
+_NOT_SETTINGS: Final = frozenset(
+    {"FLASHKIT_API_KEY", "FLASHKIT_REDIS_URL", "FLASHKIT_DATABASE_URL", "FLASHKIT_POLICY"}
+)
+# (low, high) bounds of numeric fields; None: unbounded on that side.
+_BOUNDS: Final[Mapping[str, tuple[float | None, float | None]]] = {
+    "run.batch_size": (1, 10_000),
+    "run.max_tokens": (1, None),
+    "run.temperature": (0, 2),
+    "run.seed": (0, None),
+    "retry.max_attempts": (1, 100),
+    "retry.initial_delay": (0, None),
+    "retry.max_delay": (0, None),
+    "retry.multiplier": (1, None),
+    "retry.max_retry_after": (0, None),
+    "breaker.failure_threshold": (1e-9, 1),
+    "breaker.min_throughput": (1, None),
+    "breaker.sampling_duration": (1e-6, None),
+    "breaker.break_duration": (1e-6, None),
+    "limits.rpm": (1, None),
+    "limits.tpm": (1, None),
+    "limits.burst": (1, None),
+    "limits.margin": (0, 60),
+    "limits.timeout": (1e-9, None),
+    "hedging.attempt_timeout": (1e-9, None),
+    "hedging.deadline": (1e-9, None),
+    "hedging.after": (1e-9, None),
+}
+_S = TypeVar("_S")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    """Everything a flashcard run is configured with; see the module docstring for the order
+    in which sources win. ``sources`` maps ``"section.field"`` to where its value came from
+    (``"default"``, ``"policy original"``, a file path, ``"env FLASHKIT_…"``, a command-line
+    option); :meth:`source` reads it."""
+
+    policy: Policy = "tuned"
+    run: RunSettings = field(default_factory=RunSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    hedging: HedgingSettings = field(default_factory=HedgingSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def source(self, key: str) -> str:
+        """Where ``"section.field"`` came from (``"default"`` unless set elsewhere)."""
+        _split(key, "Settings.source")
+        return self.sources.get(key, "default")
+
+    def get(self, key: str) -> Any:
+        """The value of ``"section.field"``."""
+        section, name = _split(key, "Settings.get")
+        return getattr(getattr(self, section), name)
+
+    def items(self) -> list[tuple[str, Any, str]]:
+        """Every setting as ``(key, value, source)``, section by section."""
+        rows = [("policy", self.policy, self.sources.get("policy", "default"))]
+        for section, kind in _SECTIONS.items():
+            for f in dataclasses.fields(kind):
+                key = f"{section}.{f.name}"
+                rows.append((key, self.get(key), self.source(key)))
+        return rows
+
+    def replace(self, values: Mapping[str, Any], source: str) -> Settings:
+        """A copy with ``{"section.field": value}`` set (validated) and recorded as ``source``."""
+        changes: dict[str, dict[str, Any]] = {}
+        sources = dict(self.sources)
+        policy = self.policy
+        for key, raw in values.items():
+            if key == "policy":
+                policy = _check_policy(raw, source)
+                sources[key] = source
+                continue
+            section, name = _split(key, source)
+            value = _coerce(section, name, raw, source)
+            changes.setdefault(section, {})[name] = value
+            sources[key] = source
+        parts = {s: dataclasses.replace(getattr(self, s), **c) for s, c in changes.items()}
+        return dataclasses.replace(self, policy=policy, sources=sources, **parts)
+
+    def with_provider_limits(
+        self,
+        *,
+        rpm: float | None,
+        tpm: float | None,
+        style: str | None,
+        source: str,
+        burst: float | None = None,
+    ) -> Settings:
+        """A copy with the provider's published limits (None: the provider has no such limit)
+        in every ``limits`` setting still at its default; a provider without a request limit
+        also turns the adaptive limiter off (there is nothing to learn)."""
+        values: dict[str, Any] = {"limits.rpm": rpm, "limits.tpm": tpm, "limits.burst": burst}
+        if style in ("token_bucket", "fixed_window"):
+            values["limits.style"] = style
+        if rpm is None:
+            values["limits.adaptive"] = False
+        chosen = {
+            key: value
+            for key, value in values.items()
+            if self.source(key) == "default" and value != self.get(key)
+        }
+        return self.replace(chosen, source) if chosen else self
+
+    def to_toml(self, *, only_changed: bool = False) -> str:
+        """The settings as ``flashkit.toml`` text (``only_changed``: those not at their default)."""
+        lines = [f'policy = "{self.policy}"'] if self.policy != "tuned" or not only_changed else []
+        for section, kind in _SECTIONS.items():
+            body = []
+            for f in dataclasses.fields(kind):
+                key = f"{section}.{f.name}"
+                value = self.get(key)
+                if only_changed and self.source(key) == "default":
+                    continue
+                body.append(f"{f.name} = {_toml_value(value)}" if value is not None else None)
+            rows = [line for line in body if line is not None]
+            if rows:
+                lines += ["", f"[{section}]", *rows]
+        return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def original_settings() -> Settings:
+    """The original pipeline's parameters on flashkit's primitives (the plan's rollback path):
+    3 attempts, backoff 1–10 s with equal jitter, ``retry-after`` ignored, no retry budget, a
+    breaker opening on 5 failures in 60 s for 60 s, a 600-per-minute token bucket of 20, 30-s
+    calls, 50 words at once."""
+    values: dict[str, Any] = {
+        "retry.max_attempts": 3,
+        "retry.initial_delay": 1.0,
+        "retry.max_delay": 10.0,
+        "retry.jitter": "equal",
+        "retry.respect_retry_after": False,
+        "retry.budget": "none",
+        "breaker.failure_threshold": 0.5,
+        "breaker.min_throughput": 5,
+        "breaker.sampling_duration": 60.0,
+        "breaker.break_duration": 60.0,
+        "limits.rpm": 600.0,
+        "limits.style": "token_bucket",
+        "limits.adaptive": False,
+        "hedging.attempt_timeout": 30.0,
+    }
+    settings = Settings().replace(values, "policy original")
+    return dataclasses.replace(settings, policy="original")
+
+
+def load_settings(
+    *,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    override_source: str = "command line",
+    cwd: str | Path | None = None,
+) -> Settings:
+    """Resolve the settings: defaults < the policy < ``config_file`` (else ``flashkit.toml``
+    in ``cwd`` when present) < ``FLASHKIT_*`` variables of ``environ`` (default ``os.environ``)
+    < ``overrides`` (``{"section.field": value}``, recorded as ``override_source``).
+
+    Raises :class:`~flashkit.errors.ValidationError` naming the file, variable or option and
+    the field for an unknown name or a bad value.
+    """
+    environ = os.environ if environ is None else environ
+    path = Path(config_file) if config_file is not None else Path(cwd or ".") / CONFIG_FILE
+    file_values: dict[str, Any] = {}
+    if config_file is not None or path.is_file():
+        file_values = _read_toml(path)
+    env_values = _read_environ(environ)
+    layers = [(str(path), file_values), ("env", env_values), (override_source, overrides or {})]
+    policy, policy_source = "tuned", "default"
+    for source, values in layers:
+        if "policy" in values:
+            label = "env FLASHKIT_POLICY" if source == "env" else source
+            policy, policy_source = _check_policy(values["policy"], label), label
+    settings = original_settings() if policy == "original" else Settings()
+    settings = dataclasses.replace(settings, sources={**settings.sources, "policy": policy_source})
+    for source, values in layers:
+        for key, value in values.items():
+            if key != "policy":
+                label = f"env {_env_name(key)}" if source == "env" else source
+                settings = settings.replace({key: value}, label)
+    return settings
+
+
+def _env_name(key: str) -> str:
+    for name, target in _FLAGS.items():
+        if target == key:
+            return name
+    return "FLASHKIT_POLICY" if key == "policy" else "FLASHKIT_" + key.replace(".", "_").upper()
+
+
+def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "FLASHKIT_POLICY" in environ:
+        values["policy"] = environ["FLASHKIT_POLICY"]
+    for name, target in _FLAGS.items():
+        if name in environ:
+            values[target] = environ[name]
+    known = {_env_name(f"{s}.{f.name}"): f"{s}.{f.name}" for s, k in _SECTIONS.items() for f in
+             dataclasses.fields(k)}  # fmt: skip
+    for name, raw in environ.items():
+        if not name.startswith("FLASHKIT_") or name in _FLAGS or name in _NOT_SETTINGS:
+            continue
+        if name in known:
+            values[known[name]] = raw
+        elif any(name.startswith(f"FLASHKIT_{s.upper()}_") for s in _SECTIONS):
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValidationError(
+                f"environment variable {name}: not a flashkit setting{hint} "
+                "(`flashkit config show` lists them)",
+                code="invalid_config",
+                details={"variable": name},
+            )
+    return values
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ValidationError(
+            f"{path}: cannot read the settings file ({reason})",
+            code="invalid_config",
+            details={"file": str(path)},
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ValidationError(
+            f"{path}: not valid TOML ({error}); see `flashkit config show --toml` for the format",
+            code="invalid_config",
+            details={"file": str(path)},
+        ) from None
+    values: dict[str, Any] = {}
+    for name, body in data.items():
+        if name == "policy":
+            values["policy"] = body
+            continue
+        if name not in _SECTIONS or not isinstance(body, dict):
+            close = difflib.get_close_matches(name, [*_SECTIONS, "policy"], n=1)
+            hint = f"; did you mean [{close[0]}]?" if close else ""
+            raise ValidationError(
+                f"{path}: unknown section [{name}]{hint}; sections: {', '.join(_SECTIONS)}",
+                code="invalid_config",
+                details={"file": str(path), "section": name},
+            )
+        for key, value in body.items():
+            values[f"{name}.{key}"] = value
+    return values
+
+
+def _split(key: str, source: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    kind = _SECTIONS.get(section)
+    names = [f.name for f in dataclasses.fields(kind)] if kind is not None else []
+    if name not in names:
+        every = [f"{s}.{f.name}" for s, k in _SECTIONS.items() for f in dataclasses.fields(k)]
+        close = difflib.get_close_matches(key, every, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValidationError(
+            f"{source}: unknown setting {key!r}{hint} (`flashkit config show` lists them)",
+            code="invalid_config",
+            details={"setting": key},
+        )
+    return section, name
+
+
+def _check_policy(value: object, source: str) -> Policy:
+    if value not in ("tuned", "original"):
+        raise ValidationError(
+            f"{source}: policy={value!r}: use 'tuned' (the default) or 'original' (the original "
+            "pipeline's parameters)",
+            code="invalid_config",
+            details={"setting": "policy"},
+        )
+    return value
+
+
+def _field_type(section: str, name: str) -> Any:
+    hints = typing.get_type_hints(_SECTIONS[section])
+    return hints[name]
+
+
+def _coerce(section: str, name: str, raw: Any, source: str) -> Any:
+    """``raw`` (a TOML value, or a string from the environment) as the field's type."""
+    key = f"{section}.{name}"
+    kind = _field_type(section, name)
+    optional = False
+    if get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(kind) if a is not type(None)]
+        optional = len(args) < len(get_args(kind))
+        kind = args[0]
+    try:
+        value = _convert(kind, raw, optional)
+    except (TypeError, ValueError) as error:
+        raise ValidationError(
+            f"{source}: {key} = {raw!r}: {error}",
+            code="invalid_config",
+            details={"setting": key},
+        ) from None
+    if value is not None and key in _BOUNDS:
+        low, high = _BOUNDS[key]
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f">= {low:g}" if high is None else f"between {low:g} and {high:g}"
+            raise ValidationError(
+                f"{source}: {key} = {raw!r}: must be {span}",
+                code="invalid_config",
+                details={"setting": key},
+            )
+    return value
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+def _convert(kind: Any, raw: Any, optional: bool) -> Any:
+    if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in
+                                     ("", "none", "null"))):  # fmt: skip
+        return None
+    if get_origin(kind) is Literal:
+        choices = get_args(kind)
+        text = raw.strip().lower() if isinstance(raw, str) else raw
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(map(str, choices))}")
+        return text
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError("must be on/off (true/false, 1/0)")
+    if kind is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError("must be a whole number")
+        return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
+    if kind is float:
+        if isinstance(raw, bool):
+            raise ValueError("must be a number")
+        number = float(raw)
+        if not math.isfinite(number):
+            raise ValueError("must be a finite number")
+        return number
+    if kind is str:
+        if not isinstance(raw, str) or not raw.strip():
+            raise ValueError("must be a non-empty string")
+        return raw.strip()
+    raise TypeError(f"unsupported setting type {kind!r}")  # pragma: no cover
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# --- building the client ------------------------------------------------------------------------
+def _style(settings: Settings) -> Literal["token_bucket", "fixed_window"]:
+    style = settings.limits.style
+    if style != "auto":
+        return style
+    base = settings.run.base_url or ""
+    return "token_bucket" if "anthropic" in base else "fixed_window"
+
+
+def _request_limiter(
+    settings: Settings, clock: Clock | None, redis_url: str | None, key_prefix: str
+) -> Any:
+    limits = settings.limits
+    if limits.rpm is None:
+        if redis_url is not None:
+            raise ValidationError(
+                "--redis shares the provider's request limit between processes, so it must be "
+                "known: set limits.rpm (e.g. FLASHKIT_LIMITS_RPM=600)",
+                code="invalid_config",
+                details={"setting": "limits.rpm"},
+            )
+        if not limits.adaptive:
+            return None
+        return AdaptiveRateLimiter(initial_rate=60.0, period=60.0, clock=clock, name="requests")
+    bucket = _style(settings) == "token_bucket"
+    burst = limits.burst if limits.burst is not None else limits.rpm
+    burst = max(1.0, burst - max(1.0, limits.rpm / 60.0 * limits.margin)) if bucket else burst
+    if redis_url is not None:
+        from flashkit.redis_ratelimit import RedisRateLimiter
+
+        return RedisRateLimiter(
+            redis_url,
+            limits.rpm,
+            60.0,
+            "token_bucket" if bucket else "gcra",
+            burst=burst if bucket else None,
+            key_prefix=f"{key_prefix}:requests",
+            name="requests",
+            clock=clock,
+        )
+    if bucket:  # the provider lets a minute's worth go at once: mirror its bucket, burst included
+        return RateLimiter(
+            limits.rpm, 60.0, "token_bucket", burst=burst, clock=clock, name="requests"
+        )
+    # Windows: evenly spaced, so a burst never meets a window (or the token limit) all at once.
+    return RateLimiter(limits.rpm, 60.0, "gcra", clock=clock, name="requests")
+
+
+def _token_limiter(
+    settings: Settings, clock: Clock | None, redis_url: str | None, key_prefix: str
+) -> Any:
+    tpm = settings.limits.tpm
+    if tpm is None:
+        return None
+    if redis_url is not None:
+        from flashkit.redis_ratelimit import RedisRateLimiter
+
+        return RedisRateLimiter(
+            redis_url, tpm, 60.0, key_prefix=f"{key_prefix}:tokens", name="tokens", clock=clock
+        )
+    # A sliding window: never more than tpm in any minute, within either provider's rule, and
+    # refunds of unused max_tokens are exact for every grant.
+    return RateLimiter(tpm, 60.0, clock=clock, name="tokens")
+
+
+def _budget(settings: Settings, clock: Clock | None) -> RetryBudget | Literal[False]:
+    kind = settings.retry.budget
+    if kind == "none":
+        return False
+    if kind == "grpc":
+        return RetryBudget.grpc()
+    if kind == "aws":
+        return RetryBudget.aws()
+    return RetryBudget.finagle(clock=clock)
+
+
+def build_client(
+    settings: Settings,
+    *,
+    api_key: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock | None = None,
+    rng: random.Random | None = None,
+    on_retry: Callable[[RetryEvent], None] | None = None,
+    name: str = "llm",
+) -> LLMClient:
+    """The :class:`~flashkit.client.LLMClient` the settings describe: provider, limiters sized
+    to the provider's limits (a request limiter learning an unknown limit when
+    ``limits.adaptive``; shared through ``run.redis`` when set), breaker, retry with its budget,
+    timeouts and hedging. ``transport`` replaces the network (the simulator's, in tests and
+    virtual time); ``rng`` seeds the jitter; ``on_retry`` is told of every failed attempt that
+    is retried (e.g. to count 429s)."""
+    run, retry, breaker = settings.run, settings.retry, settings.breaker
+    host = httpx.URL(run.base_url).host if run.base_url else run.provider
+    key_prefix = f"flashkit:rl:{host}"
+    budget = _budget(settings, clock)
+    config = RetryConfig(
+        retry.max_attempts,
+        retry.initial_delay,
+        max(retry.max_delay, retry.initial_delay),
+        retry.multiplier,
+        Jitter(retry.jitter),
+        respect_retry_after=retry.respect_retry_after,
+        max_retry_after=retry.max_retry_after,
+        deadline=settings.hedging.deadline,
+        on_retry=on_retry,
+        rng=rng if rng is not None else random.Random(),
+    )
+    circuit: CircuitBreaker | Literal[False] = False
+    if breaker.enabled:
+        circuit = CircuitBreaker(
+            failure_threshold=breaker.failure_threshold,
+            min_throughput=breaker.min_throughput,
+            sampling_duration=breaker.sampling_duration,
+            break_duration=breaker.break_duration,
+            handled=breaker_handles,
+            name=name,
+            clock=clock,
+        )
+    return LLMClient(
+        provider=run.provider,
+        base_url=run.base_url,
+        api_key=api_key,
+        model=run.model,
+        max_tokens=run.max_tokens,
+        temperature=run.temperature,
+        transport=transport,
+        limiter=_request_limiter(settings, clock, run.redis, key_prefix),
+        token_limiter=_token_limiter(settings, clock, run.redis, key_prefix),
+        # fixed windows count max_tokens as spent: refunds would run ahead of the provider
+        token_refunds=_style(settings) == "token_bucket",
+        limiter_timeout=settings.limits.timeout,
+        breaker=circuit,
+        retry=config,
+        budget=budget,
+        attempt_timeout=settings.hedging.attempt_timeout,
+        hedge_after=settings.hedging.after,
+        clock=clock,
+        rng=rng,
+        name=name,
+    )
