@@ -32,6 +32,7 @@ error message, log record and span this client produces, and ``repr`` never show
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import json
@@ -49,7 +50,7 @@ from opentelemetry import trace
 
 from flashkit._headers import LimitInfo, parse_rate_limit_headers
 from flashkit.adaptive import AdaptiveRateLimiter
-from flashkit.breaker import CircuitBreaker
+from flashkit.breaker import CircuitBreaker, CircuitState
 from flashkit.budget import RetryBudget
 from flashkit.clock import Clock, default_clock
 from flashkit.errors import (
@@ -266,6 +267,9 @@ class LLMClient:
         deadline: seconds for a whole call, waits and retries included (None: unbounded).
         hedge_after: send a second request when the first has not answered after this many
             seconds (None: no hedging). Only for idempotent calls.
+        max_in_flight: at most this many attempts past the retry-after gate at once, waiting
+            for the limiters or in the HTTP exchange (None: unbounded); a call waiting out a
+            retry's backoff holds none.
         headers: extra HTTP headers (e.g. OpenRouter's ``HTTP-Referer`` / ``X-Title``).
         clock: a :class:`~flashkit.clock.Clock` for every part (default: ``default_clock()``).
         rng: the ``random.Random`` the retry jitter draws from (seed it for a reproducible run;
@@ -294,6 +298,7 @@ class LLMClient:
         attempt_timeout: float | None = 60.0,
         deadline: float | None = None,
         hedge_after: float | None = None,
+        max_in_flight: int | None = None,
         headers: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -354,6 +359,20 @@ class LLMClient:
                 )
         self.attempt_timeout = attempt_timeout
         self.hedge_after = hedge_after
+        if max_in_flight is not None and (
+            isinstance(max_in_flight, bool)
+            or not isinstance(max_in_flight, int)
+            or max_in_flight < 1
+        ):
+            raise ValidationError(
+                f"LLMClient(max_in_flight={max_in_flight!r}): must be an int >= 1 or None",
+                code="invalid_config",
+                details={"field": "max_in_flight"},
+            )
+        self.max_in_flight = max_in_flight
+        self._slots: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Semaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
+        )
         self.limiter_timeout = limiter_timeout
         self.clock = clock if clock is not None else default_clock()
         self._now = self.clock.now
@@ -546,15 +565,16 @@ class LLMClient:
         while self._blocked_until > now:  # (a later 429 may extend the gate while we sleep)
             await self._wait_gate(now)
             now = self._now()
-        if self._has_limiter:
-            await self._admit(call)
         breaker = self.breaker
         try:
-            if breaker is None:
-                response, data = await self._exchange(call)
-            else:
-                async with breaker.guard():
+            async with self._slots:  # at most max_in_flight attempts past the gate at once
+                if self._has_limiter:
+                    await self._admit(call)
+                if breaker is None:
                     response, data = await self._exchange(call)
+                else:
+                    async with breaker.guard():
+                        response, data = await self._exchange(call)
         except StructuredError as error:
             self._record(call, error, None)
             raise
@@ -704,6 +724,28 @@ class LLMClient:
             for task in (first, second):
                 if task.done() and not task.cancelled():
                     task.exception()  # retrieved: no "never retrieved" warnings
+
+    def may_send_spare(self, *, reserve: int = 0) -> bool:
+        """Whether one request beyond the calls in progress (a speculative copy) may go out now
+        without holding up anyone: no server ``retry-after`` pending, the breaker closed, room
+        in the local limiters for it and for ``reserve`` more calls of ``max_tokens`` that the
+        caller still has to send (a shared or learning limiter: never), and a retry token from
+        the budget, which is taken."""
+        if self._blocked_until > self._now():
+            return False
+        if self.breaker is not None and self.breaker.state is not CircuitState.CLOSED:
+            return False
+        key, calls = self.limiter_key, 1 + max(0, reserve)
+        tokens = calls * (self.max_tokens + 500)
+        for limiter, count in ((self.limiter, float(calls)), (self.token_limiter, float(tokens))):
+            if limiter is None:
+                continue
+            if isinstance(limiter, MultiLimit):
+                if any(m.remaining(key) < _count_for(m, tokens) * calls for m in limiter.limits):
+                    return False
+            elif not isinstance(limiter, RateLimiter) or limiter.remaining(key) < count:
+                return False
+        return self.budget is None or self.budget.try_acquire_retry()
 
     def _may_hedge(self, call: _Call) -> bool:
         """A hedge is an extra request: paid from the retry budget and the limiter, never

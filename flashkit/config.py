@@ -68,9 +68,11 @@ class RunSettings:
     """What to run against and how much at once.
 
     ``provider``: ``openrouter`` | ``openai`` (any OpenAI-compatible ``base_url``) | ``sim``;
-    ``batch_size``: words in flight at once (50: enough to keep a 600-per-minute limit busy at
-    seconds-long calls); ``max_tokens`` and ``temperature`` per call; ``db``: the state
-    database URL; ``redis``: a Redis URL to share the provider's limit between processes;
+    ``batch_size``: requests in flight at once (50: enough to keep a 600-per-minute limit busy
+    at seconds-long calls; twice as many words are in progress, see :attr:`words_in_flight`);
+    ``spares``: copies an unfinished call may be raced with at the end of
+    a run, when slots sit idle (2; 0: none); ``max_tokens`` and ``temperature`` per call;
+    ``db``: the state database URL; ``redis``: a Redis URL to share the provider's limit;
     ``profile`` and ``seed``: the simulator's fault profile (``provider = "sim"``).
     """
 
@@ -78,6 +80,7 @@ class RunSettings:
     base_url: str | None = None
     model: str = DEFAULT_MODEL
     batch_size: int = 50
+    spares: int = 2
     max_tokens: int = 2000
     temperature: float = 0.7
     db: str = "sqlite:///flashkit.db"
@@ -180,6 +183,7 @@ _NOT_SETTINGS: Final = frozenset(
 # (low, high) bounds of numeric fields; None: unbounded on that side.
 _BOUNDS: Final[Mapping[str, tuple[float | None, float | None]]] = {
     "run.batch_size": (1, 10_000),
+    "run.spares": (0, 10),
     "run.max_tokens": (1, None),
     "run.temperature": (0, 2),
     "run.seed": (0, None),
@@ -219,6 +223,12 @@ class Settings:
     hedging: HedgingSettings = field(default_factory=HedgingSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def words_in_flight(self) -> int:
+        """Words in progress at once: twice ``run.batch_size`` (the requests in flight), so a
+        word waiting out a retry's backoff never leaves a request slot idle."""
+        return 2 * self.run.batch_size
 
     def source(self, key: str) -> str:
         """Where ``"section.field"`` came from (``"default"`` unless set elsewhere)."""
@@ -673,6 +683,7 @@ def build_client(
         budget=budget,
         attempt_timeout=settings.hedging.attempt_timeout,
         hedge_after=settings.hedging.after,
+        max_in_flight=run.batch_size,
         clock=clock,
         rng=rng,
         name=name,

@@ -112,7 +112,10 @@ def test_failed_words_exit_1_grouped_by_error(
     assert "failed with unauthorized: 3" in status.output
 
 
-def test_duplicates_are_processed_once_and_reported(tmp_path: Path, requests: list[str]) -> None:
+def test_duplicates_are_processed_once_and_reported(
+    tmp_path: Path, requests: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLASHKIT_RUN_SPARES", "0")  # no spare copies at the end: exact counts
     path = words(tmp_path, "1,사랑,noun\n2,바보,noun\n3,사랑,noun\n")
     result = run("process", str(path), *SIM.copy()[:2], "--profile", "healthy")
     assert result.exit_code == 0, result.output

@@ -260,7 +260,9 @@ def test_json_has_every_word_raw_with_computed_summary(
     assert write_json(records, path) == 5
     text = path.read_text(encoding="utf-8")
     data = json.loads(text)
-    assert text == json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    lines = text.splitlines()
+    assert len(lines) == 2 + 5 + 2  # summary, "words", one line per word, the closing lines
+    assert lines[2].startswith('  {"position": 3, "term": "남성"')
     assert "남성" in text
     assert data["summary"] == {
         "words": 5,

@@ -4,6 +4,7 @@ against the in-process simulator in virtual time with a real SQLite (and Postgre
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +89,19 @@ def _run(
     seed: int = 1,
     retry_failed: bool = False,
     outcomes: list[WordOutcome] | None = None,
+    batch_size: int = 2,
+    spares: int = 0,
     **client: Any,
 ) -> tuple[RunReport, SimulatedUpstream]:
     clock = VirtualClock()
     upstream = SimulatedUpstream(profile, seed=seed, clock=clock)
+    client.setdefault("rng", random.Random(seed))
 
     async def main() -> RunReport:
         async with upstream.client(**client) as c:
             return await process(
-                vocabulary, c, store=store, batch_size=2, retry_failed=retry_failed,
-                on_word=outcomes.append if outcomes is not None else None,
+                vocabulary, c, store=store, batch_size=batch_size, retry_failed=retry_failed,
+                on_word=outcomes.append if outcomes is not None else None, spares=spares,
             )  # fmt: skip
 
     return run_virtual(main(), clock=clock), upstream
@@ -167,6 +171,66 @@ def test_an_edited_row_is_a_new_word_and_an_unchanged_one_is_not(tmp_path: Path)
         report, upstream = _run(edited, store, FaultProfile.preset("healthy"))
         assert upstream.stats.requests == 4  # 한국 and 물, both stages; 사랑 is done
         assert [r.term for r in store.records(report.source_id)] == ["사랑", "한국", "물"]
+
+
+def test_spare_copies_cut_the_tail_and_the_first_answer_wins(tmp_path: Path) -> None:
+    """With every word claimed and slots idle, unfinished calls are raced by spare copies: the
+    run ends sooner, each stage is committed once, and the spares are bounded."""
+    vocabulary = _vocabulary(tmp_path, ["사랑", "바보", "한국", "물", "불", "산"])
+    slow = FaultProfile.preset("healthy", latency_median=1.0, latency_p99=30.0, error_rate=0.2)
+    ends = {}
+    for spares in (0, 2):
+        with Store.open("sqlite:///:memory:") as store:
+            report, upstream = _run(vocabulary, store, slow, seed=3, batch_size=6,
+                                    spares=spares)  # fmt: skip
+            assert report.counts["done"] == 6
+            ledger = store.conn.execute(sa.text("SELECT word_id, stage FROM flashkit_calls"))
+            assert len(set(ledger)) == 12  # one committed call per stage, whichever copy won
+            store.conn.commit()
+            ends[spares] = (report.seconds, report.progress.spares, upstream.stats.requests)
+    (plain, none_sent, plain_requests), (raced, sent, raced_requests) = ends[0], ends[2]
+    assert none_sent == 0
+    assert 0 < sent <= 2 * 12
+    assert raced < plain
+    assert raced_requests <= 2 * plain_requests  # spares are bounded, their retries budgeted
+
+
+def test_no_spare_copy_goes_while_the_limiter_has_no_room(tmp_path: Path) -> None:
+    from flashkit.ratelimit import RateLimiter
+
+    vocabulary = _vocabulary(tmp_path, ["사랑", "바보", "한국"])
+    profile = FaultProfile.preset("healthy", latency_median=1.0, latency_p99=10.0)
+    clock = VirtualClock()
+    upstream = SimulatedUpstream(profile, seed=2, clock=clock)
+    limiter = RateLimiter(6, 60.0, clock=clock)  # exactly the six calls the list needs
+
+    async def main() -> RunReport:
+        with Store.open("sqlite:///:memory:") as store:
+            async with upstream.client(limiter=limiter) as client:
+                return await process(vocabulary, client, store=store, batch_size=3, spares=2)
+
+    report = run_virtual(main(), clock=clock)
+    assert report.counts["done"] == 3
+    assert report.progress.spares == 0
+    assert upstream.stats.requests == 6
+
+
+def test_words_released_over_time_start_no_earlier(tmp_path: Path) -> None:
+    vocabulary = _vocabulary(tmp_path, ["사랑", "바보", "한국"])
+    outcomes: list[WordOutcome] = []
+    clock = VirtualClock()
+    upstream = SimulatedUpstream(FaultProfile.preset("healthy"), seed=1, clock=clock)
+
+    async def main() -> RunReport:
+        with Store.open("sqlite:///:memory:") as store:
+            async with upstream.client() as client:
+                return await process(vocabulary, client, store=store, release=[0.0, 30.0, 60.0],
+                                     on_word=outcomes.append)  # fmt: skip
+
+    run_virtual(main(), clock=clock)
+    starts = {o.item.position: o.started for o in outcomes}
+    assert starts[1] < 30.0 <= starts[2] < 60.0 <= starts[3]
+    assert all(o.finished > o.started for o in outcomes)
 
 
 def test_claims_are_never_given_twice_and_a_dead_runs_claims_come_back(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ def test_every_notebook_runs_clean(report) -> None:  # type: ignore[no-untyped-d
         "success_outage",
         "success_llm_realistic",
         "client_bench",
+        "pipeline_bench",
     }
 
 
@@ -137,3 +138,15 @@ def test_success_metrics_notebook_judges_the_targets(report, profile: str) -> No
         # breaker (flaky) or to the outage; flashkit rides both out.
         assert metrics["after"]["error_rate"] < metrics["before"]["error_rate"]
         assert verdicts["error_rate"]["met"] is True
+
+
+def test_pipeline_benchmark_runs_the_command_durable_and_in_memory(report) -> None:  # type: ignore[no-untyped-def]
+    """The end-to-end benchmark ran `flashkit process` on a SQLite file and in memory, every
+    word done, and its virtual-time completion is within the target of the limit's ideal."""
+    results = json.loads((report.output_dir / "results" / "pipeline_bench.json").read_text())
+    assert {row["db"] for row in results["runs"]} == {"file", "memory"}
+    assert all(row["done"] == results["words"] for row in results["runs"])
+    assert results["failed"] == 0
+    simulated = {row["simulated_seconds"] for row in results["runs"]}
+    assert len(simulated) == 1  # virtual time: the same run whatever the database
+    assert results["targets_met"]["completion_vs_ideal"]

@@ -578,6 +578,7 @@ def test_repo_manifest_is_valid() -> None:
         "success_outage",
         "success_llm_realistic",
         "client_bench",
+        "pipeline_bench",
     ]
     for entry in entries:
         assert entry.path.suffix == ".ipynb"

@@ -58,8 +58,9 @@ class Display:
         if isinstance(error, StructuredError) and error.category is ErrorCategory.RATE_LIMIT:
             self.rate_limited += 1
 
-    def line(self) -> str:
-        """One line: done / failed / total, rate, ETA, breaker, limiter waits, 429s."""
+    def parts(self) -> tuple[str, str]:
+        """(counts, rates): done / failed / total and in flight; rate, ETA, breaker, limiter
+        waits, 429s and the clock."""
         p = self.progress
         elapsed = max(self.clock.now() - p.started, 1e-9)
         rate = p.finished / elapsed
@@ -69,12 +70,17 @@ class Display:
         if self.client is not None and self.client.breaker is not None:
             breaker = self.client.breaker.state.value
         clock = "simulated" if self.virtual else "elapsed"
-        return (
-            f"{p.done}/{p.total} done, {p.failed} failed, {p.in_flight} in flight, "
+        counts = f"{p.done}/{p.total} done, {p.failed} failed, {p.in_flight} in flight"
+        rates = (
             f"{rate * 60:.0f} words/min, ETA {format_seconds(eta)}, breaker {breaker}, "
             f"limiter waits {format_seconds(p.limiter_wait)}, 429s {self.rate_limited}, "
             f"{clock} {format_seconds(elapsed)}"
         )
+        return counts, rates
+
+    def line(self) -> str:
+        """The progress as one line (for logs)."""
+        return ", ".join(self.parts())
 
     def start(self, message: str) -> None:
         self.console.print(message, markup=False, highlight=False)
@@ -93,8 +99,8 @@ class Display:
         text.append("flashcards ", style="bold")
         text.append("█" * filled, style="green")
         text.append("░" * (width - filled), style="dim")
-        text.append(f" {share:4.0%}  ")
-        text.append(self.line())
+        counts, rates = self.parts()
+        text.append(f" {share:4.0%}  {counts}\n{rates}")
         return text
 
     def update(self, *, force: bool = False) -> None:

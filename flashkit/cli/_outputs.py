@@ -112,9 +112,10 @@ def plan_outputs(
 
 
 class Exporter:
-    """Writes the exports of one list from the database: ``refresh()`` as words finish (TSV and
-    JSON, at most every few seconds and never more than a tenth of the time), ``final()`` at
-    the end (every format). Each file is replaced atomically."""
+    """Writes the exports of one list from the database: ``refresh()`` as words finish (the TSV,
+    at most every few seconds and never more than a tenth of the time), ``final()`` at the end
+    and on an interrupt (every format). Each file is replaced atomically; after a kill,
+    ``flashkit export`` writes them all from the database."""
 
     def __init__(
         self,
@@ -135,7 +136,7 @@ class Exporter:
         now = time.monotonic()
         if now - self._last < max(MIN_REFRESH, COST_FACTOR * self._cost):
             return
-        self._write(tuple(f for f in self.formats if f != "apkg"), None)
+        self._write(tuple(f for f in self.formats if f == "tsv"), None)
         self._cost = time.monotonic() - now
         self._last = time.monotonic()
 
@@ -146,7 +147,7 @@ class Exporter:
     def _write(self, formats: tuple[str, ...], summary: Mapping[str, Any] | None) -> dict[str, int]:
         if not formats:
             return {}
-        records = self.store.records(self.source_id)
+        records = self.store.records(self.source_id, details=formats != ("tsv",))
         self.outputs.directory.mkdir(parents=True, exist_ok=True)
         written: dict[str, int] = {}
         for name in formats:

@@ -223,7 +223,7 @@ def run_job(console: Console, job: Job, store: Store) -> tuple[RunReport | None,
         what = "failed words to retry" if job.retry_failed else "words to process"
         display.start(
             f"{job.vocabulary.path}: {todo} {what} of {len(job.items)} "
-            f"({counts['done']} done earlier), {job.settings.run.batch_size} at once, "
+            f"({counts['done']} done earlier), {job.settings.run.batch_size} requests at once, "
             f"provider {client.provider} {client.base_url}"
             + (" (simulated, virtual time)" if job.virtual else "")
         )
@@ -241,7 +241,8 @@ def run_job(console: Console, job: Job, store: Store) -> tuple[RunReport | None,
                     client,
                     store=store,
                     items=job.items,
-                    batch_size=job.settings.run.batch_size,
+                    batch_size=job.settings.words_in_flight,
+                    spares=job.settings.run.spares,
                     retry_failed=job.retry_failed,
                     stop=stop,
                     on_word=on_word,
@@ -266,7 +267,14 @@ def run_job(console: Console, job: Job, store: Store) -> tuple[RunReport | None,
     source_id = report.source_id if report is not None else None
     if exporter is not None:
         counts = store.counts(exporter.source_id)
-        summary = {"words": sum(counts.values()), **counts}
+        summary: dict[str, Any] = {"words": sum(counts.values()), **counts}
+        if report is not None:
+            summary.update(
+                seconds=report.seconds,
+                clock="virtual" if job.virtual else "wall",
+                calls=report.progress.calls,
+                spares=report.progress.spares,
+            )
         exporter.final(summary)
         source_id = exporter.source_id
     if signals.received is not None or (report is not None and report.interrupted):

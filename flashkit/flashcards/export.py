@@ -200,23 +200,28 @@ def _word_json(record: WordRecord) -> dict[str, Any]:
 def write_json(
     records: Iterable[WordRecord], path: str | Path, *, summary: Mapping[str, Any] | None = None
 ) -> int:
-    """Write every word (any state) as UTF-8 JSON, indent 2: ``{"summary": ..., "words": [...]}``
-    with each word's position, term, type, line, state, attempts, tokens, stage1, cards (raw) and
-    error. ``summary`` is written as given; by default the counts of words, done, failed, pending
+    """Write every word (any state) as UTF-8 JSON: ``{"summary": ..., "words": [...]}`` with each
+    word's position, term, type, line, state, attempts, tokens, stage1, cards (raw) and error,
+    one word per line (streamed: a 10,000-word list never sits in memory as one string).
+    ``summary`` is written as given; by default the counts of words, done, failed, pending
     (neither done nor failed), cards (of done words), attempts and tokens. Returns the number of
     words written."""
 
     def write(handle: IO[bytes]) -> int:
         items = list(records)
-        document = {
-            "summary": _summary(items) if summary is None else to_jsonable(summary),
-            "words": [_word_json(record) for record in items],
-        }
-        handle.write(json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8"))
-        handle.write(b"\n")
+        head = _summary(items) if summary is None else to_jsonable(summary)
+        handle.write(b'{"summary": ' + _compact(head) + b',\n "words": [')
+        for index, record in enumerate(items):
+            handle.write(b"\n  " if index == 0 else b",\n  ")
+            handle.write(_compact(_word_json(record)))
+        handle.write(b"\n ]\n}\n" if items else b"]\n}\n")
         return len(items)
 
     return _atomic_write(path, write)
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8")
 
 
 # --- Anki package ------------------------------------------------------------------------------

@@ -456,8 +456,9 @@ class Store:
                     found[str(identity)] = (state, bool(staged))
         return found
 
-    def records(self, source_id: int) -> list[WordRecord]:
-        """Every word of the list in input order, with its stage-1 result, cards and error."""
+    def records(self, source_id: int, *, details: bool = True) -> list[WordRecord]:
+        """Every word of the list in input order, with its cards and (``details``) its stage-1
+        result and error; without them the cards are cheaper to read (an export refresh)."""
         words = (
             sa.select(words_table, source_words_table.c.line)
             .join(source_words_table, source_words_table.c.word_id == words_table.c.id)
@@ -488,7 +489,7 @@ class Store:
                     line=int(row["line"]),
                     state=row["state"],
                     stage1=Stage1Result.from_dict(json.loads(row["stage1"]))
-                    if row["stage1"]
+                    if details and row["stage1"]
                     else None,
                     cards=tuple(
                         FlashcardRow(
@@ -504,7 +505,7 @@ class Store:
                         )
                         for c in by_word.get(word_id, ())
                     ),
-                    error=json.loads(row["error"]) if row["error"] else None,
+                    error=json.loads(row["error"]) if details and row["error"] else None,
                     attempts=int(row["attempts"]),
                     tokens=int(row["tokens"]),
                 )
@@ -680,41 +681,36 @@ class Store:
         ]
 
     # --- stage results (one transaction each) ------------------------------------------------
-    def _ledger(self, conn: Connection, run_id: int, word_id: int, call: CallRecord) -> None:
-        conn.execute(
-            calls_table.insert().values(
-                run_id=run_id,
-                word_id=word_id,
-                stage=call.stage,
-                status=call.status,
-                attempts=call.attempts,
-                prompt_tokens=call.prompt_tokens,
-                completion_tokens=call.completion_tokens,
-                latency=call.latency,
-                request_sha256=call.request_sha256,
-                at=time.time(),
-            )
-        )
-
     def _update_word(
-        self, conn: Connection, run_id: int, word_id: int, call: CallRecord, **values: Any
+        self,
+        conn: Connection,
+        statement: sa.Update,
+        run_id: int,
+        word_id: int,
+        call: CallRecord,
+        **values: Any,
     ) -> None:
-        result = conn.execute(
-            words_table.update()
-            .where(words_table.c.id == word_id, words_table.c.claimed_by == run_id)
-            .values(
-                attempts=words_table.c.attempts + call.attempts,
-                tokens=words_table.c.tokens + call.prompt_tokens + call.completion_tokens,
-                updated_at=time.time(),
-                **values,
-            )
-        )
-        if result.rowcount != 1:
+        now = time.time()
+        params = {
+            "w_id": word_id,
+            "w_run": run_id,
+            "w_attempts": call.attempts,
+            "w_tokens": call.prompt_tokens + call.completion_tokens,
+            "w_at": now,
+            **values,
+        }
+        if conn.execute(statement, params).rowcount != 1:
             raise DatabaseError(
                 f"word {word_id} is no longer claimed by run {run_id}; another run took it over",
                 code="claim_lost",
             )
-        self._ledger(conn, run_id, word_id, call)
+        conn.execute(
+            _INSERT_CALL,
+            {"run_id": run_id, "word_id": word_id, "stage": call.stage, "status": call.status,
+             "attempts": call.attempts, "prompt_tokens": call.prompt_tokens,
+             "completion_tokens": call.completion_tokens, "latency": call.latency,
+             "request_sha256": call.request_sha256, "at": now},
+        )  # fmt: skip
 
     def save_stage1(
         self, run_id: int, word_id: int, stage1: Stage1Result, call: CallRecord
@@ -722,7 +718,7 @@ class Store:
         """Stage 1 is done: keep its result (the word stays claimed for stage 2)."""
         with self._tx() as conn:
             self._update_word(
-                conn, run_id, word_id, call, state="stage1_done", stage1=_dumps(stage1.to_dict())
+                conn, _STAGE1_DONE, run_id, word_id, call, w_stage1=_dumps(stage1.to_dict())
             )
 
     def save_cards(
@@ -730,13 +726,9 @@ class Store:
     ) -> None:
         """Stage 2 is done: keep the cards; the word is ``done`` and released."""
         with self._tx() as conn:
-            self._update_word(
-                conn, run_id, word_id, call, state="done", error=None, error_code=None,
-                claimed_by=None,
-            )  # fmt: skip
-            conn.execute(cards_table.delete().where(cards_table.c.word_id == word_id))
+            self._update_word(conn, _DONE, run_id, word_id, call)
             conn.execute(
-                cards_table.insert(),
+                _INSERT_CARD,
                 [
                     {"word_id": word_id, "ordinal": i, "term": c.term,
                      "term_number": c.term_number, "tab_name": c.tab_name, "primer": c.primer,
@@ -750,12 +742,39 @@ class Store:
         self, run_id: int, word_id: int, error: Mapping[str, Any], call: CallRecord
     ) -> None:
         """The word failed with ``error`` (``StructuredError.to_dict()``); it is released."""
-        code = call.status[:64]
         with self._tx() as conn:
             self._update_word(
-                conn, run_id, word_id, call, state="failed", error=_dumps(error), error_code=code,
-                claimed_by=None,
+                conn, _FAILED, run_id, word_id, call, w_error=_dumps(error),
+                w_code=call.status[:64],
             )  # fmt: skip
+
+
+def _transition(**values: Any) -> sa.Update:
+    """A word's state change, built once (SQLAlchemy caches its compiled form): only while the
+    run holds the word's claim; attempts and tokens add up."""
+    return (
+        words_table.update()
+        .where(
+            words_table.c.id == sa.bindparam("w_id"),
+            words_table.c.claimed_by == sa.bindparam("w_run"),
+        )
+        .values(
+            attempts=words_table.c.attempts + sa.bindparam("w_attempts"),
+            tokens=words_table.c.tokens + sa.bindparam("w_tokens"),
+            updated_at=sa.bindparam("w_at"),
+            **values,
+        )
+    )
+
+
+_STAGE1_DONE: Final = _transition(state="stage1_done", stage1=sa.bindparam("w_stage1"))
+_DONE: Final = _transition(state="done", error=None, error_code=None, claimed_by=None)
+_FAILED: Final = _transition(
+    state="failed", error=sa.bindparam("w_error"), error_code=sa.bindparam("w_code"),
+    claimed_by=None,
+)  # fmt: skip
+_INSERT_CALL: Final = calls_table.insert()
+_INSERT_CARD: Final = cards_table.insert()
 
 
 def validate_url(url: str) -> None:

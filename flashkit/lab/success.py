@@ -17,19 +17,18 @@ profile and seed, on its own :class:`~flashkit.clock.VirtualClock`:
   ``retry-after`` is ignored, a body that is not JSON is an ``APIError("Unexpected error")``;
   the content is parsed *after* the retry loop, so a broken answer fails the word at once.
   Concurrency 50, as ``ConcurrentPipelineOrchestrator``.
-- ``after`` — :class:`flashkit.client.LLMClient` with its default breaker and retry budget,
-  :data:`AFTER_RETRY` (10 attempts, full jitter 1–60 s, ``retry-after`` honoured) with a seeded
-  ``rng``, parsing inside the retry loop, and a limiter (``after_limiter``): ``"sized"`` (default)
-  mirrors the profile's request limit — against a continuously refilled bucket, a token bucket
-  of the same rate and burst; against fixed windows, GCRA pacing with burst 1 (evenly spaced, so
-  a burst can never meet a window or the token limit all at once) — and holds tokens in a sliding
-  window at its tpm, each call charged ``max_tokens`` + its prompt and refunded down to its usage
-  against buckets (which settle their estimate); fixed windows count ``max_tokens`` as spent,
-  so there no refund is made and the token limit is what binds; for a profile without limits
-  it is the original's 600 rpm, so that both policies offer the same pace and differ only in
-  retry and breaker. ``"adaptive"``: an
-  :class:`~flashkit.adaptive.AdaptiveRateLimiter` starting at 60 rpm and learning from the
-  headers; ``"none"``: no limiter.
+- ``after`` — what ``flashkit process`` runs with its default settings: the flashcard
+  pipeline itself (:func:`flashkit.flashcards.pipeline.process`, on an in-memory database) with
+  the client :func:`flashkit.config.build_client` makes from :class:`~flashkit.config.Settings`
+  (10 attempts, full jitter 1–60 s, ``retry-after`` honoured, a Finagle retry budget, the ratio
+  breaker, ``concurrency`` requests in flight and twice as many words in progress, spare copies
+  at the tail) and the profile's published limits: against a continuously refilled bucket, a
+  token bucket of the same rate and burst (less half a second of refill); against fixed
+  windows, GCRA pacing (evenly spaced, so a burst never meets a window all at once); tokens in
+  a sliding window at the tpm, refunded down to the usage against buckets, counted as
+  ``max_tokens`` against windows; no limiter where the profile has no limit.
+  ``after_limiter="adaptive"`` learns an unknown limit instead, ``"none"`` has no limiter;
+  ``after_changes`` changes any setting, for experiments.
 - ``peer`` — what a careful engineer assembles from the peers' own documentation: tenacity
   ``@retry(wait=wait_random_exponential(min=1, max=60), stop=stop_after_attempt(6))`` (the OpenAI
   cookbook's rate-limit recipe), aiolimiter ``AsyncLimiter(rpm, 60)`` at the profile's nominal
@@ -52,6 +51,7 @@ import asyncio
 import contextlib
 import csv
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
@@ -69,22 +69,23 @@ import pandas as pd
 from flashkit.clock import Clock, VirtualClock, run_virtual
 from flashkit.config import Settings, build_client
 from flashkit.errors import StructuredError
-from flashkit.flashcards.pipeline import generate_flashcard
+from flashkit.flashcards.pipeline import WordOutcome, process
 from flashkit.flashcards.stages import (
     STAGE1_MODEL,
     STAGE1_REQUIRED,
     STAGE2_MODEL,
     TSV_COLUMNS,
+    normal_type,
     stage_request,
 )
-from flashkit.retry import Jitter, RetryConfig
+from flashkit.flashcards.store import Store
+from flashkit.flashcards.vocabulary import Vocabulary, VocabularyItem
 from flashkit.sim import FaultProfile, SimulatedUpstream, lexicon
 
 if TYPE_CHECKING:
     from flashkit.client import LLMClient
 
 __all__ = [
-    "AFTER_RETRY",
     "POLICIES",
     "OriginalCircuitBreaker",
     "OriginalTokenBucket",
@@ -114,12 +115,6 @@ ORIGINAL_RPM: Final = 600.0
 BASE_URL: Final = "http://sim.flashkit.invalid/v1"
 API_KEY: Final = "sk-sim-success-metrics"
 VIRTUAL_EPOCH: Final = _dt.datetime(2025, 1, 1, tzinfo=_dt.UTC)
-
-AFTER_RETRY: Final = RetryConfig(10, 1.0, 60.0, 2.0, Jitter.FULL, max_retry_after=120.0)
-"""The tuned retry, as :class:`flashkit.config.RetrySettings` defaults it (the ``after`` policy
-takes it from there): a bulk pipeline would rather finish a word minutes late than lose it, so
-10 attempts with full jitter from 1 s up to 60 s; the breaker turns the attempts made while it is
-open into local rejections, and the retry budget bounds the extra load."""
 
 _JSON_OBJECT: Final = re.compile(r"\{.*\}", re.DOTALL)
 
@@ -585,7 +580,7 @@ def _after_client(
     seed: int,
     after_limiter: AfterLimiter,
     after_changes: Mapping[str, Any] | None = None,
-) -> LLMClient:
+) -> tuple[LLMClient, Settings]:
     settings = after_settings(profile, workload)
     if after_changes:
         settings = settings.replace(after_changes, "after_changes")
@@ -600,13 +595,33 @@ def _after_client(
     elif after_limiter != "sized":
         raise ValueError(f"after_limiter={after_limiter!r}: use 'sized', 'adaptive' or 'none'")
     settings = settings.replace({"run.provider": "sim", "run.base_url": BASE_URL}, "lab")
-    return build_client(
+    client = build_client(
         settings,
         api_key=API_KEY,
         transport=transport,
         clock=clock,
         rng=random.Random(seed),
         name="after",
+    )
+    return client, settings
+
+
+def _lab_vocabulary(words: Sequence[Word]) -> Vocabulary:
+    """The workload's words as a list the pipeline reads (each row its own word)."""
+    items = tuple(
+        VocabularyItem(w.position, w.term, normal_type(w.type), line=i + 2)
+        for i, w in enumerate(words)
+    )
+    digest = hashlib.sha256(repr([(i.position, i.term, i.type) for i in items]).encode())
+    return Vocabulary(
+        path=Path("workload.csv"),
+        sha256=digest.hexdigest(),
+        encoding="utf-8",
+        shape="minimal",
+        items=items,
+        invalid=(),
+        duplicates=(),
+        rows=len(items),
     )
 
 
@@ -620,25 +635,53 @@ async def _run_after(
     after_limiter: AfterLimiter,
     after_changes: Mapping[str, Any] | None,
 ) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
-    client = _after_client(
+    """The flashcard pipeline itself (``flashkit.flashcards.pipeline.process``, what
+    ``flashkit process`` runs) on an in-memory database, with the default settings."""
+    client, settings = _after_client(
         transport, clock, upstream.profile, workload, seed, after_limiter, after_changes
     )
+    release = workload.release_times()
+    origin = clock.now()
+    records: list[dict[str, Any]] = []
 
-    async def process(word: Word) -> None:  # the flashcard pipeline's two calls
-        first = await generate_flashcard(client, word, 1)
-        await generate_flashcard(client, word, 2, stage1=first["result"])
+    def record(outcome: WordOutcome) -> None:
+        records.append(
+            {
+                "position": outcome.item.position,
+                "term": outcome.item.term,
+                "ok": outcome.ok,
+                "error": None if outcome.ok else outcome.code,
+                "release": release[outcome.item.line - 2],
+                "start": outcome.started - origin,
+                "end": outcome.finished - origin,
+                "latency": outcome.finished - outcome.started,
+            }
+        )
 
     quiet = logging.getLogger("flashkit.client")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # one give-up warning per failed call; the words frame has them
     try:
-        records = await _drive(workload, words, process)
+        with Store.open("sqlite:///:memory:") as store:
+            async with client:
+                report = await process(
+                    _lab_vocabulary(words),
+                    client,
+                    store=store,
+                    batch_size=settings.words_in_flight,
+                    spares=settings.run.spares,
+                    release=release if workload.arrival > 0 else None,
+                    on_word=record,
+                )
     finally:
         quiet.setLevel(level)
-        await client.aclose()
+    records.sort(key=lambda r: r["position"])
     breaker = client.breaker
     trips = breaker.stats.trips if breaker is not None else 0
-    notes: dict[str, Any] = {"breaker_rejected": breaker.stats.rejected if breaker else 0}
+    notes: dict[str, Any] = {
+        "breaker_rejected": breaker.stats.rejected if breaker else 0,
+        "spares": report.progress.spares,
+    }
     return records, trips, notes
 
 
