@@ -3,12 +3,13 @@
 Every public name of the primitives is re-exported here; each lives in the module named after
 its idea: ``flashkit.clock``, ``flashkit.errors``, ``flashkit.retry``, ``flashkit.budget``,
 ``flashkit.breaker``, ``flashkit.ratelimit``, ``flashkit.redis_ratelimit``,
-``flashkit.adaptive``, ``flashkit.logs``. The larger subsystems re-export their main names and
-keep the rest in their namespace: ``flashkit.client`` (the resilient LLM client) and
-``flashkit.telemetry`` (metric names, span schema). The application and the test bench live in
-their own packages and are not imported here: ``flashkit.flashcards`` (the flashcard pipeline),
-``flashkit.config`` (its settings), ``flashkit.db`` (its database), ``flashkit.sim`` (the
-simulated upstream) and ``flashkit.lab`` (the experiments behind the notebooks).
+``flashkit.adaptive``, ``flashkit.cache``, ``flashkit.logs``. The larger subsystems re-export
+their main names and keep the rest in their namespace: ``flashkit.client`` (the resilient LLM
+client) and ``flashkit.telemetry`` (metric names, span schema); ``flashkit.db`` (engines and
+the pool monitor) serves the cache's SQL store and the application. The application and the
+test bench live in their own packages and are not imported here: ``flashkit.flashcards`` (the
+flashcard pipeline), ``flashkit.config`` (its settings), ``flashkit.sim`` (the simulated
+upstream) and ``flashkit.lab`` (the experiments behind the notebooks).
 """
 
 from flashkit.adaptive import AdaptiveRateLimiter, AdaptiveStats
@@ -28,12 +29,23 @@ from flashkit.budget import (
     TokenBucketBudget,
     TokenRatioBudget,
 )
+from flashkit.cache import (
+    CacheService,
+    CacheStats,
+    CompressedCache,
+    MemoryStore,
+    RedisStore,
+    SQLStore,
+    Store,
+    train_dictionary,
+)
 from flashkit.client import ChatResult, LLMClient, Usage
 from flashkit.clock import (
     Clock,
     SystemClock,
     VirtualClock,
     VirtualEventLoop,
+    WallClock,
     default_clock,
     run_virtual,
     use_clock,
@@ -98,6 +110,8 @@ __all__ = [
     "BreakDurationContext",
     "BudgetStats",
     "CacheError",
+    "CacheService",
+    "CacheStats",
     "ChatResult",
     "CircuitBreaker",
     "CircuitBreakerManualControl",
@@ -107,6 +121,7 @@ __all__ = [
     "CircuitState",
     "classify",
     "Clock",
+    "CompressedCache",
     "configure_logging",
     "configure_opentelemetry",
     "DatabaseError",
@@ -122,6 +137,7 @@ __all__ = [
     "Jitter",
     "LimiterStats",
     "LLMClient",
+    "MemoryStore",
     "MultiLimit",
     "MultiReservation",
     "PercentBudget",
@@ -131,6 +147,7 @@ __all__ = [
     "redact",
     "RedisDecision",
     "RedisRateLimiter",
+    "RedisStore",
     "retry",
     "retry_after_of",
     "retry_hooks",
@@ -142,7 +159,9 @@ __all__ = [
     "Retrying",
     "run_virtual",
     "ShardedRateLimiter",
+    "SQLStore",
     "StateChange",
+    "Store",
     "StructuredError",
     "StructuredFormatter",
     "SystemClock",
@@ -150,9 +169,11 @@ __all__ = [
     "TokenBucketBudget",
     "TokenRatioBudget",
     "TokenReservation",
+    "train_dictionary",
     "Usage",
     "use_clock",
     "ValidationError",
     "VirtualClock",
     "VirtualEventLoop",
+    "WallClock",
 ]

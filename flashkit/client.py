@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -43,7 +44,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import httpx
 from opentelemetry import trace
@@ -72,11 +73,13 @@ from flashkit.telemetry import ClientCall, ClientInstruments, current_telemetry
 __all__ = [
     "DEFAULT_MODEL",
     "PROVIDERS",
+    "ChatCache",
     "ChatResult",
     "LLMClient",
     "Provider",
     "Usage",
     "breaker_handles",
+    "chat_cache_key",
 ]
 
 logger = logging.getLogger("flashkit.client")
@@ -141,7 +144,8 @@ class ChatResult:
     ``attempts``: attempts made (1 = first try); ``latency``: seconds from the call to the answer
     (waits and retries included); ``limiter_wait``: seconds spent waiting for the limiter;
     ``hedged``: a hedge request was sent; ``finish_reason``, ``model`` and ``request_id`` as the
-    provider reported them; ``raw``: the decoded response body.
+    provider reported them; ``cached``: answered from the client's cache (then ``attempts`` is 0
+    and nothing was sent); ``raw``: the decoded response body.
     """
 
     content: str
@@ -154,6 +158,26 @@ class ChatResult:
     finish_reason: str | None = None
     request_id: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    cached: bool = False
+
+
+class ChatCache(Protocol):
+    """What the client needs of a cache (:class:`flashkit.cache.CacheService` is one): async
+    ``get(key)`` (None on a miss) and ``set(key, value)`` of JSON-able values."""
+
+    async def get(self, key: str) -> Any: ...
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None: ...
+
+
+def chat_cache_key(host: str, body: Mapping[str, Any]) -> str:
+    """The cache key of a chat request: SHA-256 of the canonical JSON of the server's host and
+    the request body (model, messages, sampling parameters): the same in every process and
+    Python version."""
+    canonical = json.dumps(
+        {"host": host, "body": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class _Call:
@@ -267,6 +291,10 @@ class LLMClient:
         deadline: seconds for a whole call, waits and retries included (None: unbounded).
         hedge_after: send a second request when the first has not answered after this many
             seconds (None: no hedging). Only for idempotent calls.
+        cache: a :class:`ChatCache`: a request identical to an earlier one (host, model,
+            messages, sampling parameters: :func:`chat_cache_key`) is answered from it without
+            touching limiter, breaker or upstream (``ChatResult.cached``); answers are stored as
+            they come. A cache that fails is skipped, never the call.
         max_in_flight: at most this many attempts past the retry-after gate at once, waiting
             for the limiters or in the HTTP exchange (None: unbounded); a call waiting out a
             retry's backoff holds none.
@@ -299,6 +327,7 @@ class LLMClient:
         deadline: float | None = None,
         hedge_after: float | None = None,
         max_in_flight: int | None = None,
+        cache: ChatCache | None = None,
         headers: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -370,6 +399,7 @@ class LLMClient:
                 details={"field": "max_in_flight"},
             )
         self.max_in_flight = max_in_flight
+        self.cache = cache
         self._slots: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Semaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
         )
@@ -521,6 +551,67 @@ class LLMClient:
             body["temperature"] = temp
         if extra:
             body.update(extra)
+        cache = self.cache
+        if cache is None:
+            return await self._chat(body, idempotent, parse, stage)
+        key = chat_cache_key(self._host, body)
+        hit = await self._from_cache(cache, key, parse)
+        if hit is not None:
+            return hit
+        result = await self._chat(body, idempotent, parse, stage)
+        await self._to_cache(cache, key, result)
+        return result
+
+    async def _from_cache(
+        self, cache: ChatCache, key: str, parse: Callable[[str], Any] | None
+    ) -> ChatResult | None:
+        start = self._now()
+        try:
+            entry = await cache.get(key)
+        except Exception as error:  # a broken cache is skipped, never the call
+            logger.warning("%s: cache read failed (%s); asking the upstream", self.name, error)
+            return None
+        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
+            return None
+        raw: dict[str, Any] = {"cached": True}
+        if parse is not None:
+            try:
+                raw["parsed"] = parse(entry["content"])
+            except (ValueError, KeyError, TypeError):
+                return None  # no longer acceptable (a stricter parser): ask again
+        return ChatResult(
+            content=entry["content"],
+            model=str(entry.get("model") or ""),
+            usage=Usage.from_json(entry.get("usage")),
+            attempts=0,
+            latency=self._now() - start,
+            finish_reason=entry.get("finish_reason"),
+            request_id=entry.get("request_id"),
+            raw=raw,
+            cached=True,
+        )
+
+    async def _to_cache(self, cache: ChatCache, key: str, result: ChatResult) -> None:
+        entry = {
+            "content": result.content,
+            "model": result.model,
+            "usage": dataclasses.asdict(result.usage) if result.usage is not None else None,
+            "finish_reason": result.finish_reason,
+            "request_id": result.request_id,
+        }
+        try:
+            await cache.set(key, entry)
+        except Exception as error:  # the answer is returned all the same
+            logger.warning("%s: cache write failed (%s)", self.name, error)
+
+    async def _chat(
+        self,
+        body: dict[str, Any],
+        idempotent: bool,
+        parse: Callable[[str], Any] | None,
+        stage: int | str | None,
+    ) -> ChatResult:
+        tokens = body["max_tokens"]
         content = json.dumps(body, ensure_ascii=False).encode()
         prompt_estimate = len(content) // 3 + 8
         call = _Call(

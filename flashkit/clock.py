@@ -42,6 +42,7 @@ __all__ = [
     "SystemClock",
     "VirtualClock",
     "VirtualEventLoop",
+    "WallClock",
     "default_clock",
     "run_virtual",
     "use_clock",
@@ -80,6 +81,18 @@ class SystemClock:
 
     def __repr__(self) -> str:
         return "SystemClock()"
+
+
+class WallClock(SystemClock):
+    """Real time whose ``now()`` is the Unix time (``time.time``): a time base several processes
+    share, for expiries written to a shared store (a cache in Redis or a database)."""
+
+    __slots__ = ()
+
+    now = staticmethod(time.time)
+
+    def __repr__(self) -> str:
+        return "WallClock()"
 
 
 def _check_seconds(seconds: float, what: str) -> float:

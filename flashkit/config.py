@@ -34,7 +34,8 @@ import httpx
 from flashkit.adaptive import AdaptiveRateLimiter
 from flashkit.breaker import CircuitBreaker
 from flashkit.budget import RetryBudget
-from flashkit.client import DEFAULT_MODEL, LLMClient, breaker_handles
+from flashkit.cache import CacheService, CompressedCache, RedisStore, SQLStore, Store
+from flashkit.client import DEFAULT_MODEL, ChatCache, LLMClient, breaker_handles
 from flashkit.clock import Clock
 from flashkit.errors import ValidationError
 from flashkit.ratelimit import RateLimiter
@@ -43,12 +44,14 @@ from flashkit.retry import Jitter, RetryConfig, RetryEvent
 __all__ = [
     "CONFIG_FILE",
     "BreakerSettings",
+    "CacheSettings",
     "HedgingSettings",
     "LimitSettings",
     "RetrySettings",
     "RunSettings",
     "Settings",
     "TelemetrySettings",
+    "build_cache",
     "build_client",
     "load_settings",
     "original_settings",
@@ -111,13 +114,16 @@ class RetrySettings:
 class BreakerSettings:
     """The circuit breaker: open when at least ``failure_threshold`` of the calls of the last
     ``sampling_duration`` seconds failed (and at least ``min_throughput`` were made), for
-    ``break_duration`` seconds. Rate limits, bad requests and bad keys do not count."""
+    ``break_duration`` seconds, doubled each time it opens again without having closed, up to
+    ``max_break_duration`` (a blip costs seconds; an outage is not probed every few seconds).
+    Rate limits, bad requests and bad keys do not count."""
 
     enabled: bool = True
     failure_threshold: float = 0.5
     min_throughput: int = 20
     sampling_duration: float = 30.0
     break_duration: float = 5.0
+    max_break_duration: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -155,6 +161,19 @@ class HedgingSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class CacheSettings:
+    """The answers cache: ``enabled``; ``url`` of its store (None: a table in the state
+    database; ``redis://…`` to share it between machines; any SQLite or PostgreSQL URL);
+    entries live ``ttl`` seconds (30 days; ±10 % jitter), compressed with ``codec``
+    (``zstd`` | ``zlib`` | ``lz4`` | ``none``)."""
+
+    enabled: bool = True
+    url: str | None = None
+    ttl: float = 30 * 24 * 3600.0
+    codec: Literal["zstd", "zlib", "lz4", "none"] = "zstd"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TelemetrySettings:
     """OpenTelemetry: ``enabled`` exports spans and metrics (OTLP when
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set) under ``service_name``."""
@@ -169,12 +188,14 @@ _SECTIONS: Final[Mapping[str, type]] = {
     "breaker": BreakerSettings,
     "limits": LimitSettings,
     "hedging": HedgingSettings,
+    "cache": CacheSettings,
     "telemetry": TelemetrySettings,
 }
 _FLAGS: Final[Mapping[str, str]] = {
     "FLASHKIT_BREAKER": "breaker.enabled",
     "FLASHKIT_ADAPTIVE_LIMIT": "limits.adaptive",
     "FLASHKIT_TELEMETRY": "telemetry.enabled",
+    "FLASHKIT_CACHE": "cache.enabled",
 }
 # Not settings: read elsewhere (API keys, test services), so never "unknown".
 _NOT_SETTINGS: Final = frozenset(
@@ -196,6 +217,7 @@ _BOUNDS: Final[Mapping[str, tuple[float | None, float | None]]] = {
     "breaker.min_throughput": (1, None),
     "breaker.sampling_duration": (1e-6, None),
     "breaker.break_duration": (1e-6, None),
+    "breaker.max_break_duration": (1e-6, None),
     "limits.rpm": (1, None),
     "limits.tpm": (1, None),
     "limits.burst": (1, None),
@@ -204,6 +226,7 @@ _BOUNDS: Final[Mapping[str, tuple[float | None, float | None]]] = {
     "hedging.attempt_timeout": (1e-9, None),
     "hedging.deadline": (1e-9, None),
     "hedging.after": (1e-9, None),
+    "cache.ttl": (1e-3, None),
 }
 _S = TypeVar("_S")
 
@@ -221,6 +244,7 @@ class Settings:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     hedging: HedgingSettings = field(default_factory=HedgingSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -630,6 +654,7 @@ def build_client(
     clock: Clock | None = None,
     rng: random.Random | None = None,
     on_retry: Callable[[RetryEvent], None] | None = None,
+    cache: ChatCache | None = None,
     name: str = "llm",
 ) -> LLMClient:
     """The :class:`~flashkit.client.LLMClient` the settings describe: provider, limiters sized
@@ -637,7 +662,7 @@ def build_client(
     ``limits.adaptive``; shared through ``run.redis`` when set), breaker, retry with its budget,
     timeouts and hedging. ``transport`` replaces the network (the simulator's, in tests and
     virtual time); ``rng`` seeds the jitter; ``on_retry`` is told of every failed attempt that
-    is retried (e.g. to count 429s)."""
+    is retried (e.g. to count 429s); ``cache`` answers repeated requests (:func:`build_cache`)."""
     run, retry, breaker = settings.run, settings.retry, settings.breaker
     host = httpx.URL(run.base_url).host if run.base_url else run.provider
     key_prefix = f"flashkit:rl:{host}"
@@ -656,11 +681,17 @@ def build_client(
     )
     circuit: CircuitBreaker | Literal[False] = False
     if breaker.enabled:
+        first, longest = (
+            breaker.break_duration,
+            max(breaker.max_break_duration, breaker.break_duration),
+        )
         circuit = CircuitBreaker(
             failure_threshold=breaker.failure_threshold,
             min_throughput=breaker.min_throughput,
             sampling_duration=breaker.sampling_duration,
-            break_duration=breaker.break_duration,
+            break_duration_generator=lambda ctx: min(
+                longest, first * 2.0 ** (ctx.consecutive_opens - 1)
+            ),
             handled=breaker_handles,
             name=name,
             clock=clock,
@@ -684,7 +715,28 @@ def build_client(
         attempt_timeout=settings.hedging.attempt_timeout,
         hedge_after=settings.hedging.after,
         max_in_flight=run.batch_size,
+        cache=cache,
         clock=clock,
         rng=rng,
         name=name,
+    )
+
+
+def build_cache(settings: Settings) -> CacheService | None:
+    """The answers cache the settings describe, or None when ``cache.enabled`` is off: a
+    :class:`~flashkit.cache.CompressedCache` (``cache.codec``, entries for ``cache.ttl``
+    seconds) over a :class:`~flashkit.cache.RedisStore` for a ``redis://`` URL, else an
+    :class:`~flashkit.cache.SQLStore` in ``cache.url`` or, by default, the state database
+    (``run.db``). Close its store when done (``cache.store.close()``)."""
+    chosen = settings.cache
+    if not chosen.enabled:
+        return None
+    url = chosen.url or settings.run.db
+    store: Store
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        store = RedisStore(url, prefix="flashkit:cache:")
+    else:
+        store = SQLStore(url)
+    return CompressedCache(
+        store, codec=chosen.codec, ttl=chosen.ttl, namespace="chat", name="answers"
     )

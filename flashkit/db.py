@@ -14,6 +14,8 @@ dropped is replaced instead of failing a query.
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,14 +24,35 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from flashkit._pool import (
+    PoolHealth,
+    PoolHistogram,
+    PoolHistograms,
+    PoolMonitor,
+    PoolStatus,
+    pool_monitor,
+)
 from flashkit.errors import DatabaseError, ValidationError, redact
 
-__all__ = ["DEFAULT_URL", "check_connection", "describe_url", "is_sqlite", "make_engine"]
+__all__ = [
+    "DEFAULT_URL",
+    "PoolHealth",
+    "PoolHistogram",
+    "PoolHistograms",
+    "PoolMonitor",
+    "PoolStatus",
+    "check_connection",
+    "describe_url",
+    "is_sqlite",
+    "make_engine",
+    "pool_monitor",
+]
 
 DEFAULT_URL: Final = "sqlite:///flashkit.db"
 """The state database when none is named: ``flashkit.db`` in the working directory."""
 _SQLITE_SYNC: Final = ("off", "normal", "full", "extra")
 _PASSWORD: Final = re.compile(r"(://[^:/@]*:)[^@]*@")
+_WAL_ATTEMPTS: Final = 10
 
 
 def describe_url(url: str | URL) -> str:
@@ -69,18 +92,27 @@ def _parse(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str | URL | None = None, **options: Any) -> Engine:
-    """An engine for ``url`` (default :data:`DEFAULT_URL`), set up as the module docstring says.
+def make_engine(
+    url: str | URL | None = None, *, monitor_pool: bool = True, **options: Any
+) -> Engine:
+    """An engine for ``url`` (default :data:`DEFAULT_URL`), set up as the module docstring says,
+    with a :class:`PoolMonitor` attached (``monitor_pool``; :func:`pool_monitor` finds it).
 
-    ``sqlite:///:memory:`` gives one shared in-memory database (a single connection). Extra
-    ``options`` go to :func:`sqlalchemy.create_engine`. Raises
-    :class:`~flashkit.errors.ValidationError` for a URL that is not SQLite or PostgreSQL; the
-    engine connects lazily (see :func:`check_connection`).
+    Pools: a SQLite file and PostgreSQL use SQLAlchemy's ``QueuePool`` (5 connections kept,
+    10 more in overflow, 30 s to wait for one; pass ``pool_size=``, ``max_overflow=``,
+    ``pool_timeout=`` to change them); ``sqlite:///:memory:`` one shared connection
+    (``StaticPool``: one in-memory database). Extra ``options`` go to
+    :func:`sqlalchemy.create_engine`. Raises :class:`~flashkit.errors.ValidationError` for a
+    URL that is not SQLite or PostgreSQL; the engine connects lazily (see
+    :func:`check_connection`).
     """
     parsed = _parse(url if url is not None else DEFAULT_URL)
     if parsed.get_backend_name() == "postgresql":
         options.setdefault("pool_pre_ping", True)
-        return sa.create_engine(parsed, **options)
+        engine = sa.create_engine(parsed, **options)
+        if monitor_pool:
+            PoolMonitor(engine)
+        return engine
     query = dict(parsed.query)
     sync = str(query.pop("synchronous", "normal")).lower()
     if sync not in _SQLITE_SYNC:
@@ -101,15 +133,32 @@ def make_engine(url: str | URL | None = None, **options: Any) -> Engine:
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            if not memory:
-                cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA synchronous={sync.upper()}")
             cursor.execute("PRAGMA busy_timeout=5000")
+            if not memory:
+                _wal(cursor)
+            cursor.execute(f"PRAGMA synchronous={sync.upper()}")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
 
+    if monitor_pool:
+        PoolMonitor(engine)  # after the pragmas: a connection counts once it is set up
     return engine
+
+
+def _wal(cursor: Any) -> None:
+    """Put the file in WAL mode (it stays so). Switching needs the file to itself and SQLite
+    does not wait for that: several processes opening a new file at once retry briefly."""
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == _WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
 
 
 def sqlite_path(engine: Engine) -> Path | None:

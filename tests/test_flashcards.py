@@ -117,8 +117,8 @@ def test_a_run_commits_every_word_in_order_and_a_rerun_pays_nothing(tmp_path: Pa
         records = store.records(report.source_id)
         assert [r.term for r in records] == ["사랑", "바보", "한국"]
         assert all(r.state == "done" and r.cards and r.stage1 for r in records)
-        ledger = store.conn.execute(sa.text("SELECT stage, status FROM flashkit_calls")).all()
-        store.conn.commit()
+        with store.engine.connect() as conn:
+            ledger = conn.execute(sa.text("SELECT stage, status FROM flashkit_calls")).all()
         assert sorted(ledger) == [(1, "ok")] * 3 + [(2, "ok")] * 3
         assert upstream.stats.requests >= 6
         again, upstream2 = _run(vocabulary, store, FaultProfile.preset("flaky"))
@@ -184,9 +184,9 @@ def test_spare_copies_cut_the_tail_and_the_first_answer_wins(tmp_path: Path) -> 
             report, upstream = _run(vocabulary, store, slow, seed=3, batch_size=6,
                                     spares=spares)  # fmt: skip
             assert report.counts["done"] == 6
-            ledger = store.conn.execute(sa.text("SELECT word_id, stage FROM flashkit_calls"))
+            with store.engine.connect() as conn:
+                ledger = conn.execute(sa.text("SELECT word_id, stage FROM flashkit_calls")).all()
             assert len(set(ledger)) == 12  # one committed call per stage, whichever copy won
-            store.conn.commit()
             ends[spares] = (report.seconds, report.progress.spares, upstream.stats.requests)
     (plain, none_sent, plain_requests), (raced, sent, raced_requests) = ends[0], ends[2]
     assert none_sent == 0
@@ -260,9 +260,8 @@ def test_sqlite_admits_one_process_and_says_so(tmp_path: Path) -> None:
 
 def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    with Store.open(url) as store:
-        store.conn.execute(sa.text("UPDATE flashkit_meta SET value = '99'"))
-        store.conn.commit()
+    with Store.open(url) as store, store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE flashkit_meta SET value = '99'"))
     with pytest.raises(
         DatabaseError, match=f"schema 99, this flashkit reads schema {SCHEMA_VERSION}"
     ):

@@ -57,7 +57,14 @@ def test_metrics_come_from_real_counts(flaky) -> None:  # type: ignore[no-untype
         assert row["rate_limited_429"] == sum(run.stats["rate_limited"].values())
         ok = run.words.loc[run.words["ok"], "latency"]
         if len(ok):
-            assert row["p99_latency"] == pytest.approx(ok.quantile(0.99))
+            assert row["p99_latency_ok"] == pytest.approx(ok.quantile(0.99))
+        to_card = sorted(
+            (end - release) if done else math.inf
+            for end, release, done in zip(
+                run.words["end"], run.words["release"], run.words["ok"], strict=True
+            )
+        )
+        assert row["p99_time_to_card"] == to_card[math.ceil(0.99 * 30) - 1]  # inf if > 1 % failed
         assert row["completion_seconds"] == pytest.approx(run.words["end"].max())
     # Every word needs at least its two calls.
     after = flaky.metrics.loc["after"]
@@ -96,7 +103,7 @@ def test_verdicts_report_zero_baselines_as_not_applicable() -> None:
     metrics = pd.DataFrame(
         {
             "error_rate": [0.2, 0.05],
-            "p99_latency": [10.0, 8.0],
+            "p99_time_to_card": [10.0, 8.0],
             "breaker_trips": [0, 0],
             "succeeded": [80, 95],
         },
@@ -109,7 +116,24 @@ def test_verdicts_report_zero_baselines_as_not_applicable() -> None:
     assert verdicts.breaker_trips.met is None
     assert verdicts.breaker_trips.verdict == "n/a (0 before)"
     assert not verdicts.all_met
-    assert set(verdicts.to_dict()) == {"error_rate", "p99_latency", "breaker_trips"}
+    assert set(verdicts.to_dict()) == {"error_rate", "p99_time_to_card", "breaker_trips"}
+
+
+def test_p99_counts_failed_words_as_never_done() -> None:
+    """A policy cannot look fast by failing its slow words: its p99 time to card is inf once
+    over 1 % of the words failed, and a finite p99 against that is the target met."""
+    metrics = pd.DataFrame(
+        {
+            "error_rate": [0.9, 0.0],
+            "p99_time_to_card": [math.inf, 400.0],
+            "breaker_trips": [2, 0],
+            "succeeded": [10, 100],
+        },
+        index=pd.Index(["before", "after"], name="policy"),
+    )
+    verdict = target_verdicts(metrics).p99_latency
+    assert verdict.met is True
+    assert verdict.verdict.startswith("met (before leaves over 1 % of the words without cards")
 
 
 def test_original_breaker_keeps_its_flaws() -> None:

@@ -43,6 +43,9 @@ def test_every_notebook_runs_clean(report) -> None:  # type: ignore[no-untyped-d
         "success_llm_realistic",
         "client_bench",
         "pipeline_bench",
+        "compression",
+        "stampede",
+        "cache_bench",
     }
 
 
@@ -125,7 +128,12 @@ def test_success_metrics_notebook_judges_the_targets(report, profile: str) -> No
         assert row["succeeded"] + row["failed"] == results["workload"]["words"]
         assert row["upstream_requests"] == results["upstream"][row["policy"]]["requests"]
     verdicts = results["verdicts"]
-    assert set(verdicts) == {"error_rate", "p99_latency", "breaker_trips"}
+    assert set(verdicts) == {
+        "error_rate", "p99_time_to_card", "breaker_trips", "cache_hit_rate", "pool_efficiency"
+    }  # fmt: skip
+    layer = results["data_layer"]
+    assert layer["runs"][1]["upstream_requests"] == 0  # the list again: all from the cache
+    assert layer["cache_met"]
     for verdict in verdicts.values():
         assert {"target", "before", "after", "change", "met", "verdict"} <= set(verdict)
         if verdict["before"] == 0:
@@ -150,3 +158,54 @@ def test_pipeline_benchmark_runs_the_command_durable_and_in_memory(report) -> No
     simulated = {row["simulated_seconds"] for row in results["runs"]}
     assert len(simulated) == 1  # virtual time: the same run whatever the database
     assert results["targets_met"]["completion_vs_ideal"]
+
+
+def test_compression_notebook_chooses_a_dictionary(report) -> None:  # type: ignore[no-untyped-def]
+    """Every codec measured on flashcard answers, the table checked against a real
+    CompressedCache, and a zstd dictionary chosen."""
+    results = json.loads((report.output_dir / "results" / "compression.json").read_text())
+    assert results["items"] == 200
+    table = results["table"]
+    assert {row["codec"] for row in table} == {"none", "lz4", "zlib", "zstd"}
+    assert all(row["ratio"] == 1.0 for row in table if row["codec"] == "none")
+    compressed = [r for r in table if r["codec"] in ("zlib", "zstd") and r["threshold"] <= 1024]
+    assert all(row["ratio"] > 1.5 for row in compressed)
+    assert results["choice"]["codec"] == "zstd"
+    assert results["choice"]["dictionary_size"] > 0
+    assert results["settings"].startswith("CompressedCache(store, codec='zstd'")
+    check = results["cache_check"]
+    assert check["cache_ratio"] == pytest.approx(check["table_ratio"])
+
+
+def test_stampede_notebook_reproduces_vattani(report) -> None:  # type: ignore[no-untyped-def]
+    """One hot key at 100 reads/s, 1-s recompute: ~100 recomputes per expiry without
+    protection, at most 1.2 with XFetch at every beta."""
+    results = json.loads((report.output_dir / "results" / "stampede.json").read_text())
+    assert results["parameters"]["duration"] == 60.0
+    runs = results["runs"]
+    assert set(runs) == {
+        "no protection", "TTL jitter ±10%", "single flight",
+        "XFetch β=0.5", "XFetch β=1", "XFetch β=2",
+    }  # fmt: skip
+    assert 80 <= runs["no protection"]["recomputes_per_expiry"] <= 120
+    xfetch = [r for r in runs.values() if r["strategy"] == "xfetch"]
+    assert all(r["recomputes_per_expiry"] <= 1.2 for r in xfetch)
+    assert runs["XFetch β=1"]["p99_latency"] == 0.0
+    checks = results["checks"]
+    assert checks["none_near_rate_times_recompute"]
+    assert checks["xfetch_at_most_1_2"]
+    assert checks["single_flight_at_most_1_2"]
+    assert results["choice"] == "XFetch β=1"
+    assert results["settings"].startswith("CacheService(store, ")
+
+
+def test_cache_benchmark_reports_ratios_and_targets(report) -> None:  # type: ignore[no-untyped-def]
+    """The hit cost against cachetools and cashews, the codecs, and every target judged."""
+    results = json.loads((report.output_dir / "results" / "cache_bench.json").read_text())
+    assert results["hits"]["sync_ratio_vs_ttlcache_getitem"] > 0
+    assert results["hits"]["async_ratio_vs_cashews"] > 0
+    codecs = results["compression"]["codecs"]
+    assert {"zlib-6", "zstd-3", "default (zstd-3, dictionary='auto')"} <= set(codecs)
+    assert all(row["ratio"] >= 1.0 for row in codecs.values())
+    assert len(results["targets"]) == 5
+    assert all(isinstance(t["met"], bool) for t in results["targets"])

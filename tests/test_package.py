@@ -24,6 +24,7 @@ PUBLIC_MODULES = [
     "ratelimit",
     "redis_ratelimit",
     "adaptive",
+    "cache",
     "logs",
 ]
 # Subsystems: their main names at top level, the rest (metric names, span schema, the
@@ -95,7 +96,8 @@ def _normalise(requirement: str) -> tuple[str, str]:
     match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)(\[[^\]]*\])?\s*(.*)", requirement)
     assert match, requirement
     name = match.group(1).lower().replace("_", "-")
-    return {"redis": "redis-py"}.get(name, name), match.group(3).replace(" ", "")
+    conda = {"redis": "redis-py", "msgpack": "msgpack-python"}.get(name, name)
+    return conda, match.group(3).replace(" ", "")
 
 
 def test_environment_yml_mirrors_pyproject() -> None:

@@ -579,6 +579,9 @@ def test_repo_manifest_is_valid() -> None:
         "success_llm_realistic",
         "client_bench",
         "pipeline_bench",
+        "compression",
+        "stampede",
+        "cache_bench",
     ]
     for entry in entries:
         assert entry.path.suffix == ".ipynb"

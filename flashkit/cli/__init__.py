@@ -117,6 +117,11 @@ def process_command(
     redis: Annotated[
         str | None, typer.Option(help="Redis URL: share the provider's limit across processes.")
     ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(help="Answers cache URL (default: the state database; redis://… shares it)."),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not cache answers.")] = False,
     encoding: Annotated[
         str | None, typer.Option(help="The CSV's encoding (default UTF-8), e.g. cp949.")
     ] = None,
@@ -137,14 +142,16 @@ def process_command(
     cards in DIR/cards.tsv (Anki), cards.json and deck.apkg."""
     console = _console()
     try:
-        settings = load_settings(
-            config_file=config,
-            overrides=_overrides(
-                output=str(output) if output is not None else None, db=db, batch_size=batch_size,
-                provider=provider, base_url=base_url, model=model, profile=profile, seed=seed,
-                redis=redis,
-            ),
+        overrides = _overrides(
+            output=str(output) if output is not None else None, db=db, batch_size=batch_size,
+            provider=provider, base_url=base_url, model=model, profile=profile, seed=seed,
+            redis=redis,
         )  # fmt: skip
+        if cache is not None:
+            overrides["cache.url"] = cache
+        if no_cache:
+            overrides["cache.enabled"] = False
+        settings = load_settings(config_file=config, overrides=overrides)
         vocabulary = read_vocabulary(
             vocab, encoding=encoding, limit=limit, skip_invalid=skip_invalid
         )

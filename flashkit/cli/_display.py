@@ -62,8 +62,8 @@ class Display:
         """(counts, rates): done / failed / total and in flight; rate, ETA, breaker, limiter
         waits, 429s and the clock."""
         p = self.progress
-        elapsed = max(self.clock.now() - p.started, 1e-9)
-        rate = p.finished / elapsed
+        elapsed = self.clock.now() - p.started
+        rate = p.finished / elapsed if elapsed > 1e-3 else 0.0
         left = max(p.total - p.finished, 0)
         eta = left / rate if rate > 0 else math.inf
         breaker = "off"
@@ -71,8 +71,9 @@ class Display:
             breaker = self.client.breaker.state.value
         clock = "simulated" if self.virtual else "elapsed"
         counts = f"{p.done}/{p.total} done, {p.failed} failed, {p.in_flight} in flight"
+        speed = f"{rate * 60:.0f} words/min" if rate else "- words/min"
         rates = (
-            f"{rate * 60:.0f} words/min, ETA {format_seconds(eta)}, breaker {breaker}, "
+            f"{speed}, ETA {format_seconds(eta) if left else '0s'}, breaker {breaker}, "
             f"limiter waits {format_seconds(p.limiter_wait)}, 429s {self.rate_limited}, "
             f"{clock} {format_seconds(elapsed)}"
         )

@@ -14,11 +14,12 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from flashkit.cache import CacheService
 from flashkit.cli._display import Display, format_seconds
 from flashkit.cli._outputs import Exporter, Outputs
 from flashkit.client import LLMClient
 from flashkit.clock import Clock, SystemClock, VirtualClock, run_virtual
-from flashkit.config import Settings, build_client
+from flashkit.config import Settings, build_cache, build_client
 from flashkit.errors import ValidationError
 from flashkit.flashcards.pipeline import RunProgress, RunReport, WordOutcome, process
 from flashkit.flashcards.stages import stage_request
@@ -167,7 +168,9 @@ class _Signals:
             self._loop = None
 
 
-def _client_for(job: Job, clock: Clock, display: Display) -> LLMClient:
+def _client_for(
+    job: Job, clock: Clock, display: Display, cache: CacheService | None = None
+) -> LLMClient:
     settings = job.settings
     transport = None
     if job.upstream is not None:
@@ -181,6 +184,7 @@ def _client_for(job: Job, clock: Clock, display: Display) -> LLMClient:
         clock=clock,
         rng=random.Random(settings.run.seed),
         on_retry=display.on_retry,
+        cache=cache,
     )
 
 
@@ -211,10 +215,12 @@ def run_job(console: Console, job: Job, store: Store) -> tuple[RunReport | None,
         if exporter is not None:
             exporter.refresh()
 
+    cache = build_cache(job.settings)
+
     async def main() -> RunReport:
         nonlocal exporter
         signals.install()
-        client = _client_for(job, clock, display)
+        client = _client_for(job, clock, display, cache)
         display.client = client
         source_id = store.register(job.vocabulary, job.items)
         exporter = Exporter(store, source_id, job.outputs)
@@ -264,6 +270,8 @@ def run_job(console: Console, job: Job, store: Store) -> tuple[RunReport | None,
         signals.received = signals.received or signal.SIGINT
     finally:
         display.stop()
+        if cache is not None:
+            cache.store.close()
     source_id = report.source_id if report is not None else None
     if exporter is not None:
         counts = store.counts(exporter.source_id)
@@ -303,6 +311,7 @@ def summary(
     for key in ("done", "failed", "pending", "stage1_done"):
         table.add_row(key, str(counts[key]))
     table.add_row("calls this run", str(report.progress.calls))
+    table.add_row("answered from the cache", str(report.progress.cached))
     table.add_row("simulated time" if job.virtual else "elapsed", format_seconds(report.seconds))
     for name, path in job.outputs.paths().items():
         table.add_row(name, str(path))

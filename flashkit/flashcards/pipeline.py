@@ -79,15 +79,16 @@ class WordOutcome:
 @dataclass(slots=True)
 class RunProgress:
     """Live counters of a run, for a progress display: ``total`` words of the list to do,
-    ``done`` / ``failed`` in this run, ``in_flight``, stage ``calls`` made and ``spares`` (extra
-    copies raced at the tail), ``limiter_wait`` seconds spent waiting for the limiters, and
-    ``started`` on the run's clock."""
+    ``done`` / ``failed`` in this run, ``in_flight``, stage ``calls`` made (``cached`` of them
+    answered from the cache), ``spares`` (extra copies raced at the tail), ``limiter_wait``
+    seconds spent waiting for the limiters, and ``started`` on the run's clock."""
 
     total: int = 0
     done: int = 0
     failed: int = 0
     in_flight: int = 0
     calls: int = 0
+    cached: int = 0
     spares: int = 0
     limiter_wait: float = 0.0
     started: float = 0.0
@@ -118,10 +119,12 @@ def _request_sha256(model: str, messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _call_record(stage: int, sha: str, result: ChatResult) -> CallRecord:
-    usage = result.usage
+    """The ledger row of a stage's call: ``ok`` with its attempts and tokens, or ``cached``
+    (answered from the cache: nothing sent, nothing spent)."""
+    usage = result.usage if not result.cached else None
     return CallRecord(
         stage=stage,
-        status="ok",
+        status="cached" if result.cached else "ok",
         attempts=result.attempts,
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
@@ -231,7 +234,10 @@ class _Run:
         finally:
             del self.races[claim.word_id], self.stages[claim.word_id]
         self.progress.limiter_wait += result.limiter_wait
-        self.latencies.append(result.latency)
+        if result.cached:
+            self.progress.cached += 1
+        else:
+            self.latencies.append(result.latency)
         return result, sha
 
     async def word(self, claim: Claim) -> None:

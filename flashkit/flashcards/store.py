@@ -224,7 +224,6 @@ class Store:
     def __init__(self, engine: Engine, *, owns_engine: bool = False) -> None:
         self.engine = engine
         self._owns_engine = owns_engine
-        self._conn: Connection | None = None
         self._lock_file: int | None = None
         self._run_lock: Connection | None = None
         self._has_schema = False
@@ -250,11 +249,10 @@ class Store:
 
     def close(self) -> None:
         """Release the connections and locks (and dispose of an engine the store made)."""
-        for connection in (self._conn, self._run_lock):
-            if connection is not None:
-                with contextlib.suppress(SQLAlchemyError):
-                    connection.close()
-        self._conn = self._run_lock = None
+        if self._run_lock is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._run_lock.close()
+        self._run_lock = None
         if self._lock_file is not None:
             os.close(self._lock_file)  # releases the flock
             self._lock_file = None
@@ -267,17 +265,11 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def conn(self) -> Connection:
-        if self._conn is None:
-            self._conn = self.engine.connect()
-        return self._conn
-
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Connection]:
-        conn = self.conn
+        """One transaction on a connection checked out of the engine's pool for it."""
         try:
-            with conn.begin():
+            with self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as error:
             reason = str(getattr(error, "orig", None) or error).strip().splitlines()
@@ -292,7 +284,8 @@ class Store:
             return
         import fcntl
 
-        self.conn.execute(sa.text("PRAGMA user_version"))  # creates the file
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("PRAGMA user_version"))  # creates the file
         fd = os.open(path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -305,9 +298,7 @@ class Store:
         self._lock_file = fd
 
     def _schema(self, *, create: bool) -> None:
-        conn = self.conn
-        conn.commit()
-        with conn.begin():
+        with self.engine.begin() as conn:
             if self.is_postgres:  # two processes starting at once: one creates, one waits
                 conn.execute(
                     sa.text("SELECT pg_advisory_xact_lock(:space, 0)"), {"space": _LOCK_SPACE}
@@ -341,8 +332,8 @@ class Store:
     def has_schema(self) -> bool:
         """Whether the flashkit tables exist (a dry run never creates them)."""
         if not self._has_schema:
-            self._has_schema = sa.inspect(self.conn).has_table(meta_table.name)
-            self.conn.commit()
+            with self.engine.connect() as conn:
+                self._has_schema = sa.inspect(conn).has_table(meta_table.name)
         return self._has_schema
 
     def _insert_ignore(
