@@ -135,11 +135,12 @@ import re
 import threading
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from flashkit._flow import run_async, run_sync
 from flashkit.clock import Clock, default_clock
 from flashkit.errors import RateLimitError, ValidationError, redact
 from flashkit.ratelimit import (
@@ -1418,7 +1419,7 @@ class RedisRateLimiter:
             return connection.read_response()
 
         try:
-            return _run_sync(self._script_call(line.scripts[op.script], op), round_trip)
+            return run_sync(self._script_call(line.scripts[op.script], op), round_trip)
         finally:
             line.idle.append(connection)
 
@@ -1432,15 +1433,15 @@ class RedisRateLimiter:
             return await connection.read_response()
 
         try:
-            return await _run_async(self._script_call(line.scripts[op.script], op), round_trip)
+            return await run_async(self._script_call(line.scripts[op.script], op), round_trip)
         finally:
             line.idle.append(connection)
 
     def _drive_sync(self, flow: _Flow[T]) -> T:
-        return _run_sync(flow, self._perform_sync)
+        return run_sync(flow, self._perform_sync)
 
     async def _drive_async(self, flow: _Flow[T]) -> T:
-        return await _run_async(flow, self._perform_async)
+        return await run_async(flow, self._perform_async)
 
     def _perform_sync(self, op: _Op) -> Any:
         if isinstance(op, _Eval):
@@ -2227,37 +2228,6 @@ class RedisRateLimiter:
 
 # Drivers of a flow (a generator yielding requests): perform each request and send back its
 # answer, or throw its error in (the flow decides: refund, fallback, retry, re-raise).
-def _advance(flow: Generator[Any, Any, Any], reply: Any, error: BaseException | None) -> Any:
-    try:
-        return False, (flow.send(reply) if error is None else flow.throw(error))
-    except StopIteration as stop:
-        return True, stop.value
-
-
-def _run_sync(flow: Generator[Any, Any, T], perform: Callable[[Any], Any]) -> T:
-    done, op = _advance(flow, None, None)
-    while not done:
-        try:
-            reply = perform(op)
-        except BaseException as error:
-            done, op = _advance(flow, None, error)
-        else:
-            done, op = _advance(flow, reply, None)
-    result: T = op
-    return result
-
-
-async def _run_async(flow: Generator[Any, Any, T], perform: Callable[[Any], Awaitable[Any]]) -> T:
-    done, op = _advance(flow, None, None)
-    while not done:
-        try:
-            reply = await perform(op)
-        except BaseException as error:
-            done, op = _advance(flow, None, error)
-        else:
-            done, op = _advance(flow, reply, None)
-    result: T = op
-    return result
 
 
 def _evalsha(sha: str, op: _Eval) -> bytes:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any, Final, NamedTuple, TypeVar
 
+from flashkit._flow import run_async, run_sync
 from flashkit.cache._base import Store
 from flashkit.clock import Clock
 
@@ -91,13 +92,6 @@ class _Flight:
             self.future.set_result(outcome)
 
 
-def _advance(flow: Generator[Any, Any, Any], reply: Any, error: BaseException | None) -> Any:
-    try:
-        return False, (flow.send(reply) if error is None else flow.throw(error))
-    except StopIteration as stop:
-        return True, stop.value
-
-
 # --- the miss flows and their drivers -----------------------------------------------------------
 class _SingleFlight:
     """``get_or_compute``'s flows and the drivers that run any flow; mixed into
@@ -134,42 +128,28 @@ class _SingleFlight:
 
     # --- drivers: perform what a flow asks, send back the answer or throw the error in ---------
     def _run_sync(self, flow: _Flow[T]) -> T:
-        done, op = _advance(flow, None, None)
-        while not done:
-            try:
-                if isinstance(op, _Store):
-                    reply = getattr(self.store, op.method + "_sync")(*op.args)
-                elif isinstance(op, _Compute):
-                    reply = op.compute()
-                elif isinstance(op, _Sleep):
-                    reply = self.clock.sleep(op.seconds)  # type: ignore[func-returns-value]
-                else:
-                    reply = self._join_sync(op)
-            except BaseException as error:
-                done, op = _advance(flow, None, error)
-            else:
-                done, op = _advance(flow, reply, None)
-        result: T = op
-        return result
+        return run_sync(flow, self._perform_sync)
 
     async def _run_async(self, flow: _Flow[T]) -> T:
-        done, op = _advance(flow, None, None)
-        while not done:
-            try:
-                if isinstance(op, _Store):
-                    reply = await getattr(self.store, op.method)(*op.args)
-                elif isinstance(op, _Compute):
-                    reply = await op.compute()
-                elif isinstance(op, _Sleep):
-                    reply = await self.clock.async_sleep(op.seconds)  # type: ignore[func-returns-value]
-                else:
-                    reply = await self._join_async(op)
-            except BaseException as error:
-                done, op = _advance(flow, None, error)
-            else:
-                done, op = _advance(flow, reply, None)
-        result: T = op
-        return result
+        return await run_async(flow, self._perform_async)
+
+    def _perform_sync(self, op: Any) -> Any:
+        if isinstance(op, _Store):
+            return getattr(self.store, op.method + "_sync")(*op.args)
+        if isinstance(op, _Compute):
+            return op.compute()
+        if isinstance(op, _Sleep):
+            return self.clock.sleep(op.seconds)
+        return self._join_sync(op)
+
+    async def _perform_async(self, op: Any) -> Any:
+        if isinstance(op, _Store):
+            return await getattr(self.store, op.method)(*op.args)
+        if isinstance(op, _Compute):
+            return await op.compute()
+        if isinstance(op, _Sleep):
+            return await self.clock.async_sleep(op.seconds)
+        return await self._join_async(op)
 
     # --- get_or_compute -----------------------------------------------------------------------
     def _get_or_compute(

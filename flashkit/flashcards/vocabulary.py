@@ -17,7 +17,7 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -125,6 +125,17 @@ class Vocabulary:
     invalid: tuple[InvalidRow, ...]
     duplicates: tuple[Duplicate, ...]
     rows: int
+
+    @classmethod
+    def from_items(cls, items: Sequence[VocabularyItem], *, name: str = "list.csv") -> Vocabulary:
+        """A list made in code, not read from a file (a script, a notebook, the lab): its
+        SHA-256 is of the items' position, term and type, so the same items are the same list."""
+        listed = repr([(item.position, item.term, item.type) for item in items])
+        return cls(
+            path=Path(name), sha256=hashlib.sha256(listed.encode()).hexdigest(),
+            encoding="utf-8", shape="minimal", items=tuple(items), invalid=(), duplicates=(),
+            rows=len(items),
+        )  # fmt: skip
 
 
 def _error(

@@ -22,7 +22,6 @@ cache's), judged over all runs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 import tempfile
 from collections.abc import Sequence
@@ -71,14 +70,6 @@ class DataLayerReport:
         }
 
 
-def _vocabulary(items: Sequence[VocabularyItem], name: str) -> Vocabulary:
-    digest = hashlib.sha256(repr([(i.position, i.term, i.type) for i in items]).encode())
-    return Vocabulary(
-        path=Path(name), sha256=digest.hexdigest(), encoding="utf-8", shape="minimal",
-        items=tuple(items), invalid=(), duplicates=(), rows=len(items),
-    )  # fmt: skip
-
-
 def _lists(words: int, terms: Sequence[tuple[str, str]]) -> tuple[Vocabulary, Vocabulary]:
     """List A (rows 1..words) and list B (rows words/2+1 .. words/2+words): half shared."""
     half = words // 2
@@ -87,7 +78,10 @@ def _lists(words: int, terms: Sequence[tuple[str, str]]) -> tuple[Vocabulary, Vo
                        normal_type(terms[i % len(terms)][1]), line=i + 2)
         for i in range(words + half)
     ]  # fmt: skip
-    return _vocabulary(rows[:words], "list_a.csv"), _vocabulary(rows[half:], "list_b.csv")
+    return (
+        Vocabulary.from_items(rows[:words], name="list_a.csv"),
+        Vocabulary.from_items(rows[half:], name="list_b.csv"),
+    )
 
 
 def _one_run(

@@ -52,7 +52,6 @@ import contextlib
 import csv
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import logging
 import math
@@ -610,21 +609,11 @@ def _after_client(
 
 def _lab_vocabulary(words: Sequence[Word]) -> Vocabulary:
     """The workload's words as a list the pipeline reads (each row its own word)."""
-    items = tuple(
+    items = [
         VocabularyItem(w.position, w.term, normal_type(w.type), line=i + 2)
         for i, w in enumerate(words)
-    )
-    digest = hashlib.sha256(repr([(i.position, i.term, i.type) for i in items]).encode())
-    return Vocabulary(
-        path=Path("workload.csv"),
-        sha256=digest.hexdigest(),
-        encoding="utf-8",
-        shape="minimal",
-        items=items,
-        invalid=(),
-        duplicates=(),
-        rows=len(items),
-    )
+    ]
+    return Vocabulary.from_items(items, name="workload.csv")
 
 
 async def _run_after(
