@@ -1,6 +1,7 @@
 # flashkit: two commands on a fresh machine.
 #   make report   set up .venv, then run every benchmark and tuning notebook (papermill) into reports/
-#   make test     set up .venv, then ruff, mypy (strict) and pytest
+#   make test     set up .venv, then ruff + codespell, mypy (strict), import contracts
+#                 (lint-imports) and pytest with flashkit's coverage (fails below the floor)
 # The venv is (re)installed only when pyproject.toml changes.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS := dev
 
-.PHONY: test report lint typecheck pytest bench clean setup
+.PHONY: test report lint typecheck imports pytest bench clean setup
 
 setup: $(STAMP)
 
@@ -23,14 +24,20 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check flashkit tests benchmarks
 	$(BIN)/ruff format --check flashkit tests benchmarks
+	$(BIN)/codespell flashkit tests benchmarks docs notebooks README.md
+	$(BIN)/validate-pyproject pyproject.toml
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
-	$(BIN)/pytest
+imports: $(STAMP)
+	$(BIN)/lint-imports
 
-test: lint typecheck pytest
+# Coverage here, not in addopts: a single `pytest tests/test_x.py` stays fast.
+pytest: $(STAMP)
+	$(BIN)/pytest --cov=flashkit --cov-report=term
+
+test: lint typecheck imports pytest
 
 report: $(STAMP)
 	$(BIN)/python -m flashkit.report $(REPORT_ARGS)
@@ -39,4 +46,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/primitives.py
 
 clean:
-	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache
+	rm -f .coverage .coverage.*

@@ -60,9 +60,11 @@ def cost_cases(loop: asyncio.AbstractEventLoop) -> dict[str, dict[str, Callable[
     pyrate = pyrate_limiter.Limiter(pyrate_limiter.Rate(HUGE, pyrate_limiter.Duration.MINUTE))
     sync = {
         "flashkit sliding_window": sync_loop(RateLimiter(HUGE, 60.0).try_acquire),
-        "flashkit gcra": sync_loop(RateLimiter(HUGE, 60.0, "gcra", burst=HUGE).try_acquire),
+        "flashkit gcra": sync_loop(
+            RateLimiter(HUGE, 60.0, algorithm="gcra", burst=HUGE).try_acquire
+        ),
         "flashkit token_bucket": sync_loop(
-            RateLimiter(HUGE, 60.0, "token_bucket", burst=HUGE).try_acquire
+            RateLimiter(HUGE, 60.0, algorithm="token_bucket", burst=HUGE).try_acquire
         ),
         "limits FixedWindow": sync_loop(lambda: fixed.hit(per_minute)),
         "limits MovingWindow": sync_loop(lambda: moving.hit(per_minute)),
@@ -118,7 +120,9 @@ def burst_contenders(rate: int) -> dict[str, Callable[[], Callable[[], Awaitable
 
     return {
         "flashkit sliding_window (default)": lambda: RateLimiter(rate, 1.0).acquire,
-        "flashkit token_bucket (pacer)": lambda: RateLimiter(rate, 1.0, "token_bucket").acquire,
+        "flashkit token_bucket (pacer)": lambda: (
+            RateLimiter(rate, 1.0, algorithm="token_bucket").acquire
+        ),
         "aiolimiter": lambda: aiolimiter.AsyncLimiter(rate, 1).acquire,
         "limits FixedWindow": limits_make(aio_strategies.FixedWindowRateLimiter),
         "limits MovingWindow": limits_make(aio_strategies.MovingWindowRateLimiter),
@@ -217,7 +221,7 @@ def _redis_decider(mode: str, url: str, prefix: str) -> Callable[[], Any]:
         # with the trivial script: its own floor.
         client = redis.Redis.from_url(url)
         sha = client.script_load("return 1")
-        connection = client.connection_pool.make_connection()
+        connection: Any = client.connection_pool.make_connection()  # (untyped in redis-py)
 
         def held() -> Any:
             connection.send_packed_command(
@@ -235,7 +239,9 @@ def _redis_decider(mode: str, url: str, prefix: str) -> Callable[[], Any]:
     if mode == REDIS_MODES[3]:
         return RedisRateLimiter(url, HUGE, 60.0, key_prefix=prefix).try_acquire
     if mode == REDIS_MODES[4]:
-        return RedisRateLimiter(url, HUGE, 60.0, "gcra", HUGE, key_prefix=prefix).try_acquire
+        return RedisRateLimiter(
+            url, HUGE, 60.0, algorithm="gcra", burst=HUGE, key_prefix=prefix
+        ).try_acquire
     return RedisRateLimiter(url, HUGE, 60.0, key_prefix=prefix, lease=10).try_acquire
 
 
@@ -310,7 +316,7 @@ def run_all(*, quick: bool = False, redis_url: str | None = None) -> dict[str, A
     target = 0.01 if quick else 0.08
     repeat = 3 if quick else 9
     loop = asyncio.new_event_loop()
-    cost = []
+    cost: list[dict[str, Any]] = []
     try:
         for case, libraries in cost_cases(loop).items():
             # the libraries take turns (medians of interleaved rounds): ratios within a case

@@ -2,17 +2,14 @@
 
 Every public name of the primitives is re-exported here; each lives in the module named after
 its idea: ``flashkit.clock``, ``flashkit.errors``, ``flashkit.retry``, ``flashkit.budget``,
-``flashkit.breaker``, ``flashkit.ratelimit``, ``flashkit.redis_ratelimit``,
-``flashkit.adaptive``, ``flashkit.cache``, ``flashkit.logs``. The larger subsystems re-export
-their main names and keep the rest in their namespace: ``flashkit.client`` (the resilient LLM
-client) and ``flashkit.telemetry`` (metric names, span schema); ``flashkit.db`` (engines and
-the pool monitor) serves the cache's SQL store and the application. The application and the
-test bench live in their own packages and are not imported here: ``flashkit.flashcards`` (the
-flashcard pipeline), ``flashkit.config`` (its settings), ``flashkit.sim`` (the simulated
-upstream) and ``flashkit.lab`` (the experiments behind the notebooks).
+``flashkit.breaker``, ``flashkit.ratelimit``, ``flashkit.cache``, ``flashkit.logs``. The client
+and telemetry re-export their main names and keep the rest in their namespace:
+``flashkit.client``, ``flashkit.telemetry``. The application (``flashkit.flashcards``,
+``flashkit.config``), the simulated upstream (``flashkit.sim``) and the experiments
+(``flashkit.lab``) are not imported here. The layers: ``docs/architecture.md``.
 """
 
-from flashkit.adaptive import AdaptiveRateLimiter, AdaptiveStats
+from flashkit._version import __version__
 from flashkit.breaker import (
     BreakDurationContext,
     CircuitBreaker,
@@ -26,7 +23,7 @@ from flashkit.budget import (
     BudgetStats,
     PercentBudget,
     RetryBudget,
-    TokenBucketBudget,
+    RetryTokenBucket,
     TokenRatioBudget,
 )
 from flashkit.cache import (
@@ -68,24 +65,28 @@ from flashkit.errors import (
 )
 from flashkit.logs import StructuredFormatter, configure_logging
 from flashkit.ratelimit import (
+    AdaptiveRateLimiter,
+    AdaptiveStats,
     Algorithm,
+    Grant,
+    Limiter,
     LimiterStats,
     MultiLimit,
     MultiReservation,
     RateLimiter,
     RateLimitResult,
+    RedisRateLimiter,
+    Reservation,
     ShardedRateLimiter,
-    TokenReservation,
 )
-from flashkit.redis_ratelimit import RedisDecision, RedisRateLimiter
 from flashkit.retry import (
     Attempt,
     Jitter,
     RetryConfig,
+    RetryContext,
     RetryEvent,
-    Retrying,
     retry,
-    retrying,
+    retry_context,
 )
 from flashkit.telemetry import (
     Telemetry,
@@ -97,8 +98,6 @@ from flashkit.telemetry import (
     instrument_limiter,
     retry_hooks,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__",
@@ -130,11 +129,13 @@ __all__ = [
     "ExternalServiceError",
     "get_meter",
     "get_tracer",
+    "Grant",
     "instrument_breaker",
     "instrument_budget",
     "instrument_limiter",
     "is_retryable",
     "Jitter",
+    "Limiter",
     "LimiterStats",
     "LLMClient",
     "MemoryStore",
@@ -145,18 +146,19 @@ __all__ = [
     "RateLimitError",
     "RateLimitResult",
     "redact",
-    "RedisDecision",
     "RedisRateLimiter",
     "RedisStore",
+    "Reservation",
     "retry",
     "retry_after_of",
+    "retry_context",
     "retry_hooks",
     "RetryBudget",
     "RetryConfig",
+    "RetryContext",
     "RetryEvent",
     "RetryExhausted",
-    "retrying",
-    "Retrying",
+    "RetryTokenBucket",
     "run_virtual",
     "ShardedRateLimiter",
     "SQLStore",
@@ -166,9 +168,7 @@ __all__ = [
     "StructuredFormatter",
     "SystemClock",
     "Telemetry",
-    "TokenBucketBudget",
     "TokenRatioBudget",
-    "TokenReservation",
     "train_dictionary",
     "Usage",
     "use_clock",

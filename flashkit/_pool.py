@@ -19,7 +19,7 @@ connection (timeouts and errors are counted, not timed); *hold*, from ``checkout
 *age* of the DBAPI connection at checkout (since its ``connect`` event; SQLAlchemy's wall-clock
 start for connections older than the monitor).
 
-**Efficiency** (the action plan's "connection pool efficiency", target >= 95 %): the share of
+**Efficiency** (a success metric, target >= 95 %: ``docs/origins.md``): the share of
 timed checkouts served *at once*: waiting less than ``at_once`` (default 0.001 s) with no new
 DBAPI connection opened for them (first, overflow, recycle, reconnect after a failed pre-ping).
 None before the first checkout.
@@ -52,6 +52,7 @@ from opentelemetry.metrics import _internal as _otel_api
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import AssertionPool, ConnectionPoolEntry, Pool, QueuePool, StaticPool
 
+from flashkit._urls import describe_url
 from flashkit.clock import Clock, default_clock
 from flashkit.errors import redact
 from flashkit.telemetry import current_telemetry
@@ -412,8 +413,6 @@ class PoolMonitor:
         """
         if not timeout > 0.0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        from flashkit.db import describe_url  # flashkit.db imports this module
-
         failure: list[BaseException] = []
         done = threading.Event()
 

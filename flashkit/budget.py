@@ -10,10 +10,10 @@ not 3x (Google SRE book, ch. 21). One interface, three published designs:
 - :class:`PercentBudget` — Finagle ``RetryBudget``: over the last ``ttl`` seconds, retries may be
   ``percent_can_retry`` of requests, plus ``min_retries_per_sec``. ``RetryBudget.finagle()``:
   ttl 10 s, 10 retries/s, 20 %.
-- :class:`TokenBucketBudget` — the AWS SDK retry quota: a bucket of ``capacity`` (500); a retry
-  costs ``retry_cost`` (5, timeouts ``timeout_retry_cost`` 10); a first-try success refunds
-  ``no_retry_increment`` (1) and a retried success refunds its retry's cost.
-  ``RetryBudget.aws()``.
+- :class:`RetryTokenBucket` — the AWS SDK retry quota: a bucket of ``capacity`` (500) retry
+  tokens (permits to retry, not LLM tokens); a retry costs ``retry_cost`` (5, timeouts
+  ``timeout_retry_cost`` 10); a first-try success refunds ``no_retry_increment`` (1) and a
+  retried success refunds its retry's cost. ``RetryBudget.aws()``.
 
 A budget is shared by handing the same object to many :class:`~flashkit.retry.RetryConfig`\\ s.
 It is thread-safe. When it refuses a retry, the caller gets the last error at once.
@@ -33,7 +33,7 @@ __all__ = [
     "BudgetStats",
     "PercentBudget",
     "RetryBudget",
-    "TokenBucketBudget",
+    "RetryTokenBucket",
     "TokenRatioBudget",
 ]
 
@@ -101,9 +101,9 @@ class RetryBudget(abc.ABC):
         )
 
     @staticmethod
-    def aws() -> TokenBucketBudget:
+    def aws() -> RetryTokenBucket:
         """AWS SDK standard retry quota: 500 capacity, 5 per retry (10 on timeout), refund 1."""
-        return TokenBucketBudget()
+        return RetryTokenBucket()
 
     # --- the interface ---------------------------------------------------------------------
     def on_request(self) -> None:
@@ -257,8 +257,9 @@ class PercentBudget(RetryBudget):
         return False
 
 
-class TokenBucketBudget(RetryBudget):
-    """The AWS SDK retry quota (botocore ``standard`` mode).
+class RetryTokenBucket(RetryBudget):
+    """The AWS SDK retry quota (botocore ``standard`` mode): a bucket of retry tokens (permits to
+    retry, not LLM tokens).
 
     A bucket of ``capacity`` units; a retry takes ``retry_cost`` (``timeout_retry_cost`` after a
     timeout) and is refused when the bucket holds less. A success on the first try refunds
@@ -274,15 +275,15 @@ class TokenBucketBudget(RetryBudget):
         no_retry_increment: float = 1.0,
     ) -> None:
         super().__init__()
-        self.capacity = _positive(capacity, "TokenBucketBudget capacity", "AWS uses 500")
-        self.retry_cost = _positive(retry_cost, "TokenBucketBudget retry_cost", "AWS uses 5")
+        self.capacity = _positive(capacity, "RetryTokenBucket capacity", "AWS uses 500")
+        self.retry_cost = _positive(retry_cost, "RetryTokenBucket retry_cost", "AWS uses 5")
         self.timeout_retry_cost = _positive(
-            timeout_retry_cost, "TokenBucketBudget timeout_retry_cost", "AWS uses 10"
+            timeout_retry_cost, "RetryTokenBucket timeout_retry_cost", "AWS uses 10"
         )
         self.no_retry_increment = float(no_retry_increment)
         if not self.no_retry_increment >= 0:
             raise ValidationError(
-                f"TokenBucketBudget no_retry_increment must be >= 0, got {no_retry_increment!r}"
+                f"RetryTokenBucket no_retry_increment must be >= 0, got {no_retry_increment!r}"
             )
         self._level = self.capacity
 

@@ -15,13 +15,7 @@ and simulations it is a :class:`VirtualClock`, whose seconds pass only when some
 ``asyncio.wait_for``, ``loop.call_later``, ``loop.time()``) on a :class:`VirtualEventLoop`: when no
 callback is ready, the loop jumps its clock to the next timer instead of waiting. It also works
 inside a Jupyter kernel, whose own event loop is already running (the virtual loop then runs in a
-helper thread while the caller waits).
-
-Why not ``looptime``: it was evaluated first. It is a pytest plugin at heart: it spins 42 no-op
-loop cycles before every time step (a large constant cost for simulations with millions of
-timers), steps idle time in small real-time increments, and has no answer for a loop that is
-already running (Jupyter). The loop here is small: a selector that advances the clock instead of
-blocking, and real waiting only while executor threads work.
+helper thread while the caller waits). Why a loop of our own: ``docs/design/virtual-time.md``.
 """
 
 from __future__ import annotations
@@ -56,15 +50,15 @@ Ts = TypeVarTuple("Ts")
 class Clock(Protocol):
     """What a primitive needs from time: monotonic seconds and a way to wait.
 
-    ``now()`` returns monotonic seconds (float, arbitrary origin). ``sleep(seconds)`` blocks the
-    calling thread; ``async_sleep(seconds)`` suspends the calling task.
+    ``now()`` returns monotonic seconds (float, arbitrary origin). ``await sleep(seconds)``
+    suspends the calling task; ``sleep_sync(seconds)`` blocks the calling thread.
     """
 
     def now(self) -> float: ...
 
-    def sleep(self, seconds: float) -> None: ...
+    def sleep_sync(self, seconds: float) -> None: ...
 
-    async def async_sleep(self, seconds: float) -> None: ...
+    async def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
@@ -74,9 +68,9 @@ class SystemClock:
 
     # The builtins themselves, not wrappers: ``clock.now()`` is on every hot path.
     now = staticmethod(time.monotonic)
-    sleep = staticmethod(time.sleep)
+    sleep_sync = staticmethod(time.sleep)
 
-    async def async_sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
     def __repr__(self) -> str:
@@ -105,9 +99,9 @@ def _check_seconds(seconds: float, what: str) -> float:
 class VirtualClock:
     """Time that passes only when someone waits. Starts at ``start`` seconds (default 0.0).
 
-    - ``sleep(s)`` (sync) advances the clock by ``s`` at once: a blocking wait in virtual time.
+    - ``sleep_sync(s)`` advances the clock by ``s`` at once: a blocking wait in virtual time.
     - ``advance(s)`` moves it forward by hand (tests).
-    - ``async_sleep(s)`` inside :func:`run_virtual` driven by this clock is ``asyncio.sleep(s)``:
+    - ``await sleep(s)`` inside :func:`run_virtual` driven by this clock is ``asyncio.sleep(s)``:
       other tasks run in between, in timer order. Outside such a loop it advances the clock by
       ``s`` and yields once.
     """
@@ -125,11 +119,11 @@ class VirtualClock:
         """Move the clock forward by ``seconds`` (>= 0)."""
         self._now += _check_seconds(seconds, "VirtualClock.advance(seconds)")
 
-    def sleep(self, seconds: float) -> None:
-        self._now += _check_seconds(seconds, "VirtualClock.sleep(seconds)")
+    def sleep_sync(self, seconds: float) -> None:
+        self._now += _check_seconds(seconds, "VirtualClock.sleep_sync(seconds)")
 
-    async def async_sleep(self, seconds: float) -> None:
-        seconds = _check_seconds(seconds, "VirtualClock.async_sleep(seconds)")
+    async def sleep(self, seconds: float) -> None:
+        seconds = _check_seconds(seconds, "VirtualClock.sleep(seconds)")
         if asyncio.get_running_loop() is self._loop:
             await asyncio.sleep(seconds)
         else:
@@ -380,7 +374,7 @@ def use_clock(clock: Clock) -> Iterator[Clock]:
     """
     if not isinstance(clock, Clock):
         raise TypeError(
-            f"use_clock() needs a Clock (now/sleep/async_sleep), got {type(clock).__name__}"
+            f"use_clock() needs a Clock (now, sleep, sleep_sync), got {type(clock).__name__}"
         )
     token = _default_clock.set(clock)
     try:

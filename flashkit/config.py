@@ -9,7 +9,7 @@ Values resolve in this order, later winning: the built-in defaults (the *tuned* 
 one ``benchmarks/success_metrics.ipynb`` calls *after*) < ``flashkit.toml`` in the working
 directory or ``config_file`` < ``FLASHKIT_*`` environment variables < ``overrides`` (the command
 line). ``FLASHKIT_SECTION_FIELD`` sets ``section.field`` (``FLASHKIT_RETRY_MAX_ATTEMPTS=5``);
-the rollout flags of the plan are ``FLASHKIT_POLICY=original|tuned`` (``original``: the original
+the rollout flags are ``FLASHKIT_POLICY=original|tuned`` (``original``: the original
 pipeline's parameters, the rollback path), ``FLASHKIT_BREAKER=off`` and
 ``FLASHKIT_ADAPTIVE_LIMIT=off``. Times are seconds, limits are per minute.
 """
@@ -31,14 +31,13 @@ from typing import Any, Final, Literal, TypeVar, get_args, get_origin
 
 import httpx
 
-from flashkit.adaptive import AdaptiveRateLimiter
 from flashkit.breaker import CircuitBreaker
 from flashkit.budget import RetryBudget
 from flashkit.cache import CacheService, CompressedCache, RedisStore, SQLStore, Store
 from flashkit.client import DEFAULT_MODEL, ChatCache, LLMClient, breaker_handles
 from flashkit.clock import Clock
 from flashkit.errors import ValidationError
-from flashkit.ratelimit import RateLimiter
+from flashkit.ratelimit import AdaptiveRateLimiter, Limiter, RateLimiter, RedisRateLimiter
 from flashkit.retry import Jitter, RetryConfig, RetryEvent
 
 __all__ = [
@@ -332,7 +331,7 @@ class Settings:
 
 
 def original_settings() -> Settings:
-    """The original pipeline's parameters on flashkit's primitives (the plan's rollback path):
+    """The original pipeline's parameters on flashkit's primitives (the rollback path):
     3 attempts, backoff 1–10 s with equal jitter, ``retry-after`` ignored, no retry budget, a
     breaker opening on 5 failures in 60 s for 60 s, a 600-per-minute token bucket of 20, 30-s
     calls, 50 words at once."""
@@ -581,7 +580,7 @@ def _style(settings: Settings) -> Literal["token_bucket", "fixed_window"]:
 
 def _request_limiter(
     settings: Settings, clock: Clock | None, redis_url: str | None, key_prefix: str
-) -> Any:
+) -> Limiter | None:
     limits = settings.limits
     if limits.rpm is None:
         if redis_url is not None:
@@ -598,13 +597,11 @@ def _request_limiter(
     burst = limits.burst if limits.burst is not None else limits.rpm
     burst = max(1.0, burst - max(1.0, limits.rpm / 60.0 * limits.margin)) if bucket else burst
     if redis_url is not None:
-        from flashkit.redis_ratelimit import RedisRateLimiter
-
         return RedisRateLimiter(
             redis_url,
             limits.rpm,
             60.0,
-            "token_bucket" if bucket else "gcra",
+            algorithm="token_bucket" if bucket else "gcra",
             burst=burst if bucket else None,
             key_prefix=f"{key_prefix}:requests",
             name="requests",
@@ -612,21 +609,19 @@ def _request_limiter(
         )
     if bucket:  # the provider lets a minute's worth go at once: mirror its bucket, burst included
         return RateLimiter(
-            limits.rpm, 60.0, "token_bucket", burst=burst, clock=clock, name="requests"
+            limits.rpm, 60.0, algorithm="token_bucket", burst=burst, clock=clock, name="requests"
         )
     # Windows: evenly spaced, so a burst never meets a window (or the token limit) all at once.
-    return RateLimiter(limits.rpm, 60.0, "gcra", clock=clock, name="requests")
+    return RateLimiter(limits.rpm, 60.0, algorithm="gcra", clock=clock, name="requests")
 
 
 def _token_limiter(
     settings: Settings, clock: Clock | None, redis_url: str | None, key_prefix: str
-) -> Any:
+) -> Limiter | None:
     tpm = settings.limits.tpm
     if tpm is None:
         return None
     if redis_url is not None:
-        from flashkit.redis_ratelimit import RedisRateLimiter
-
         return RedisRateLimiter(
             redis_url, tpm, 60.0, key_prefix=f"{key_prefix}:tokens", name="tokens", clock=clock
         )

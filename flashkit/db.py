@@ -13,7 +13,6 @@ dropped is replaced instead of failing a query.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from flashkit._pool import (
     PoolStatus,
     pool_monitor,
 )
+from flashkit._urls import describe_url
 from flashkit.errors import DatabaseError, ValidationError, redact
 
 __all__ = [
@@ -51,16 +51,7 @@ __all__ = [
 DEFAULT_URL: Final = "sqlite:///flashkit.db"
 """The state database when none is named: ``flashkit.db`` in the working directory."""
 _SQLITE_SYNC: Final = ("off", "normal", "full", "extra")
-_PASSWORD: Final = re.compile(r"(://[^:/@]*:)[^@]*@")
 _WAL_ATTEMPTS: Final = 10
-
-
-def describe_url(url: str | URL) -> str:
-    """The URL with its password hidden (for messages and logs)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return _PASSWORD.sub(r"\1***@", redact(str(url)))
 
 
 def is_sqlite(engine_or_url: Engine | str | URL) -> bool:

@@ -158,7 +158,7 @@ class StructuredError(Exception):
         return _RETRYABLE_BY_DEFAULT[self.category]
 
     def to_dict(self) -> dict[str, Any]:
-        """The error as JSON-safe data, in the action plan's shape."""
+        """The error as JSON-safe data, in the original plan's shape (``docs/origins.md``)."""
         return {
             "error": {
                 "category": self.category.value,
@@ -522,14 +522,13 @@ def _should_retry_header(headers: httpx.Headers) -> bool | None:
     return None
 
 
-def _classify_response(response: httpx.Response) -> StructuredError | None:
-    status = response.status_code
-    if status < 400:
-        return None
+def _response_details(
+    response: httpx.Response, kind: str | None, body_code: str | None
+) -> dict[str, Any]:
+    """What an error from ``response`` carries in ``details`` (no secrets)."""
     headers = response.headers
-    message, kind, body_code = _error_body(response)
     request = response.request if response._request is not None else None
-    details: dict[str, Any] = {"status_code": status}
+    details: dict[str, Any] = {"status_code": response.status_code}
     if request is not None:
         details["method"] = request.method
         # No query, fragment or user:password: keys and passwords hide there.
@@ -540,46 +539,70 @@ def _classify_response(response: httpx.Response) -> StructuredError | None:
         details["provider_code"] = body_code
     if request_id := headers.get("x-request-id") or headers.get("request-id"):
         details["request_id"] = request_id
+    return details
+
+
+def _rate_limited(
+    text: str, words: str, hint: float | None, headers: httpx.Headers, details: dict[str, Any]
+) -> StructuredError:
+    """A 429: too large for any limit, out of quota, or rate limited (with its wait)."""
+    if _TOO_LARGE_WORDS.search(words):  # bigger than the limit itself: no wait can help
+        return ValidationError(
+            f"request can never fit the rate limit: {text}",
+            code="request_too_large",
+            details=details,
+        )
+    if hint is None and _QUOTA_WORDS.search(words) and not _RATE_LIMIT_WORDS.search(words):
+        return RateLimitError(text, code="quota_exceeded", details=details, retryable=False)
+    if hint is None:
+        hint = _parse_reset_headers(headers)
+    return RateLimitError(text, code="rate_limited", details=details, retry_after=hint)
+
+
+def _status_error(
+    status: int,
+    kind: str | None,
+    words: str,
+    text: str,
+    hint: float | None,
+    details: dict[str, Any],
+) -> StructuredError:
+    """Any error status but 429."""
+    if status in (401, 403):
+        code = "forbidden" if status == 403 else "unauthorized"
+        return AuthenticationError(text, code=code, details=details)
+    if status == 402:
+        return RateLimitError(text, code="payment_required", details=details, retryable=False)
+    if status in (408, 409):
+        code = "request_timeout" if status == 408 else "conflict"
+        return ExternalServiceError(text, code=code, details=details, retry_after=hint)
+    if status == 413 or (status == 400 and _TOO_LARGE_WORDS.search(words)):
+        return ValidationError(text, code="context_length_exceeded", details=details)
+    if status == 529 or kind == "overloaded_error":
+        return ExternalServiceError(text, code="overloaded", details=details, retry_after=hint)
+    if status >= 500:
+        code = f"server_error_{status}"
+        return ExternalServiceError(text, code=code, details=details, retry_after=hint)
+    # 400, 404, 405, 422 ...: the request itself is wrong
+    code = {404: "not_found", 422: "unprocessable"}.get(status, "invalid_request")
+    return ValidationError(text, code=code, details=details)
+
+
+def _classify_response(response: httpx.Response) -> StructuredError | None:
+    status = response.status_code
+    if status < 400:
+        return None
+    headers = response.headers
+    message, kind, body_code = _error_body(response)
+    details = _response_details(response, kind, body_code)
     hint = _parse_retry_after(headers)
     override = _should_retry_header(headers)
     words = f"{message} {kind or ''} {body_code or ''}"
     text = message or response.reason_phrase or f"HTTP {status}"
-    error: StructuredError
-
     if status == 429:
-        if _TOO_LARGE_WORDS.search(words):  # bigger than the limit itself: no wait can help
-            error = ValidationError(
-                f"request can never fit the rate limit: {text}",
-                code="request_too_large",
-                details=details,
-            )
-        elif hint is None and _QUOTA_WORDS.search(words) and not _RATE_LIMIT_WORDS.search(words):
-            error = RateLimitError(text, code="quota_exceeded", details=details, retryable=False)
-        else:
-            if hint is None:
-                hint = _parse_reset_headers(headers)
-            error = RateLimitError(text, code="rate_limited", details=details, retry_after=hint)
-    elif status in (401, 403):
-        error = AuthenticationError(
-            text, code="forbidden" if status == 403 else "unauthorized", details=details
-        )
-    elif status == 402:
-        error = RateLimitError(text, code="payment_required", details=details, retryable=False)
-    elif status in (408, 409):
-        code = "request_timeout" if status == 408 else "conflict"
-        error = ExternalServiceError(text, code=code, details=details, retry_after=hint)
-    elif status == 413 or (status == 400 and _TOO_LARGE_WORDS.search(words)):
-        error = ValidationError(text, code="context_length_exceeded", details=details)
-    elif status == 529 or kind == "overloaded_error":
-        error = ExternalServiceError(text, code="overloaded", details=details, retry_after=hint)
-    elif status >= 500:
-        error = ExternalServiceError(
-            text, code=f"server_error_{status}", details=details, retry_after=hint
-        )
-    else:  # 400, 404, 405, 422 ...: the request itself is wrong
-        code = {404: "not_found", 422: "unprocessable"}.get(status, "invalid_request")
-        error = ValidationError(text, code=code, details=details)
-
+        error = _rate_limited(text, words, hint, headers, details)
+    else:
+        error = _status_error(status, kind, words, text, hint, details)
     if override is not None and override != error.retryable:
         error._retryable = override
         error.details["x_should_retry"] = override

@@ -7,15 +7,15 @@
  "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
  "words": 120, "stage": 2}
 
-What :class:`StructuredFormatter` fixes in the plan's version: extras are every attribute a
-blank :class:`logging.LogRecord` does not have (so ``taskName`` and future attributes never leak
-in); values JSON cannot hold are rendered safely (``repr`` fallback, bounded length, depth and
-item count, cycles marked, non-finite floats as strings), so formatting never raises; timestamps
-are aware UTC ISO 8601; exceptions become ``{"type", "message", "traceback"}``; ``trace_id`` and
-``span_id`` (OpenTelemetry hex) are added while a span is recording; and anything that looks like
-an API key or bearer token is redacted (:func:`flashkit.errors.redact`) in the message, the
-exception and every string extra, as are values of keys such as ``api_key`` or ``authorization``.
-"""
+What :class:`StructuredFormatter` fixes in the original plan's version (``docs/origins.md``):
+extras are every attribute a blank :class:`logging.LogRecord` does not have (so ``taskName`` and
+future attributes never leak in); values JSON cannot hold are rendered safely (``repr``
+fallback, bounded length, depth and item count, cycles marked, non-finite floats as strings), so
+formatting never raises; timestamps are aware UTC ISO 8601; exceptions become ``{"type",
+"message", "traceback"}``; ``trace_id`` and ``span_id`` (OpenTelemetry hex) are added while a
+span is recording; and anything that looks like an API key or bearer token is redacted
+(:func:`flashkit.errors.redact`) in the message, the exception and every string extra, as are
+values of keys such as ``api_key`` or ``authorization``."""
 
 from __future__ import annotations
 

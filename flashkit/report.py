@@ -1,47 +1,8 @@
 """Batch reports: run the benchmark and tuning notebooks with papermill, merge them into one HTML.
 
-``make report`` runs ``python -m flashkit.report``. It reads a manifest (``benchmarks/report.toml``)
-listing notebooks and their parameters, executes each one with papermill (sequentially, in the
-notebook's own directory), and writes::
-
-    reports/
-        index.html            one self-contained page: summary table, then every notebook's
-                              outputs (plots, tables, text); code cells' inputs are hidden
-        <name>.html           the same for a single notebook
-        summary.json          name, title, path, status, seconds, parameters, error per notebook
-        executed/<name>.ipynb the executed notebooks, with papermill's injected parameters
-        results/              JSON result files written by notebooks that declare ``results_dir``
-
-A manifest entry (paths are relative to the repository root, the manifest's parent's parent)::
-
-    [[notebook]]
-    name = "backoff"                       # unique, [a-z0-9_]+, used for the output file names
-    path = "notebooks/01_backoff_and_jitter.ipynb"
-    title = "Backoff and jitter: Brooker's contention experiment"
-    [notebook.parameters]                  # the full run
-    repetitions = 100
-    [notebook.smoke]                       # merged over parameters with --smoke (CI)
-    repetitions = 3
-
-Parameters are injected by papermill after the notebook's cell tagged ``parameters``. A notebook
-whose parameters cell declares ``results_dir`` also gets ``results_dir=<output>/results``
-(absolute) so it can write machine-readable results next to the report.
-
-From the shell::
-
-    python -m flashkit.report                      # everything, full parameters
-    python -m flashkit.report --smoke              # CI-sized parameters
-    python -m flashkit.report --only backoff --only breaker --output /tmp/report
-
-From Python (or a notebook)::
-
-    >>> result = run_report(smoke=True, only=["backoff"])       # doctest: +SKIP
-    >>> result.ok, result.index                                  # doctest: +SKIP
-    (True, PosixPath('reports/index.html'))
-
-A failing notebook does not stop the others: it is marked FAILED in the summary, its error is
-shown in the report, and the command exits with status 1. A broken manifest raises
-:class:`ManifestError` (exit status 2) naming the file, the entry and how to fix it.
+``python -m flashkit.report [--smoke] [--only NAME] [--output DIR]`` (what ``make report`` runs)
+reads ``benchmarks/report.toml``; :func:`run_report` does the same from Python. The manifest's
+format and the output layout: ``docs/report.md``.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from flashkit.adaptive import AdaptiveRateLimiter
 from flashkit.clock import VirtualClock, run_virtual
 from flashkit.errors import RateLimitError, ValidationError
+from flashkit.ratelimit import AdaptiveRateLimiter, AdaptiveStats, LimiterStats
 
 
 class Bucket:
@@ -128,14 +128,16 @@ def test_decrease_increase_and_retry_after_block() -> None:
     limiter = AdaptiveRateLimiter(initial_rate=600, slow_start=False, clock=clock)
 
     async def main() -> None:
-        assert await limiter.acquire() == 0.0
+        first = await limiter.acquire()
+        assert (first.waited, first.admitted_at, first.limiter) == (0.0, 0.0, limiter)
         limiter.on_rate_limited(retry_after=3.0)
         assert limiter.rate == pytest.approx(300)  # nothing accepted yet: at most halved
         limiter.on_rate_limited()  # within the same interval: no second cut
         assert limiter.rate == pytest.approx(300)
-        waited = await limiter.acquire()
+        grant = await limiter.acquire()
         assert clock.now() >= 3.0
-        assert waited >= 3.0 - 1e-9
+        assert grant.waited >= 3.0 - 1e-9
+        assert grant.admitted_at == clock.now()
         for _ in range(30):  # a busy clean interval grows the rate additively
             await limiter.acquire()
             limiter.on_success()
@@ -144,8 +146,8 @@ def test_decrease_increase_and_retry_after_block() -> None:
         assert limiter.rate > 300
 
     run_virtual(main(), clock=clock)
-    assert limiter.stats.decreases == 1
-    assert limiter.stats.increases >= 1
+    assert limiter.learning.decreases == 1
+    assert limiter.learning.increases >= 1
 
 
 def test_try_acquire_paces_and_acquire_times_out_at_once() -> None:
@@ -183,8 +185,35 @@ def test_adjust_shifts_the_schedule_for_token_units() -> None:
     clock = VirtualClock()
     limiter = AdaptiveRateLimiter(initial_rate=6000, unit="tokens", clock=clock)  # 100 / s
     assert limiter.try_acquire(count=1).allowed
-    assert limiter.adjust("default", 101, estimated_count=1) == 100
+    assert limiter.adjust_sync("default", 101, estimated_count=1) == 100
     assert limiter.try_acquire(count=1).retry_after == pytest.approx(1.01)
+    clock.advance(1.01)
+    grant = limiter.acquire_sync(count=1)
+    assert (grant.waited, grant.admitted_at) == (0.0, pytest.approx(1.01))
+    assert run_virtual(limiter.adjust(grant, 51)) == 50  # the Grant form: its estimate is 1
+    assert limiter.try_acquire(count=1).retry_after == pytest.approx(0.51)
+
+
+def test_stats_are_the_common_limiter_stats_and_learning_the_estimate() -> None:
+    """``stats`` is every limiter's LimiterStats; the learning figures are in ``learning``."""
+    clock = VirtualClock()
+    limiter = AdaptiveRateLimiter(initial_rate=60, slow_start=False, clock=clock)  # one per s
+    assert limiter.try_acquire().allowed
+    assert not limiter.try_acquire().allowed
+    grant = limiter.acquire_sync()
+    assert (grant.waited, grant.admitted_at) == (pytest.approx(1.0), pytest.approx(1.0))
+    limiter.observe({}, 200)
+    limiter.observe({"retry-after": "2"}, 429)
+    stats = limiter.stats
+    assert isinstance(stats, LimiterStats)
+    assert (stats.admitted, stats.admitted_units, stats.rejected, stats.waited) == (2, 2.0, 1, 1)
+    learning = limiter.learning
+    assert isinstance(learning, AdaptiveStats)
+    assert (learning.admitted, learning.rejected) == (2, 1)
+    assert (learning.successes, learning.rate_limited, learning.decreases) == (1, 1, 1)
+    assert learning.rate == limiter.rate
+    assert learning.blocked_until == pytest.approx(3.0)
+    assert limiter.remaining() == 0.0  # blocked by the retry-after
 
 
 def test_invalid_settings_are_explained() -> None:

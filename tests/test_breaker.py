@@ -83,12 +83,12 @@ def _raiser(factory: Callable[[], BaseException]) -> Callable[[], str]:
 def _fail(breaker: CircuitBreaker, times: int = 1) -> None:
     for _ in range(times):
         with pytest.raises(ExternalServiceError):
-            breaker.call(down)
+            breaker.call_sync(down)
 
 
 def _succeed(breaker: CircuitBreaker, times: int = 1) -> None:
     for _ in range(times):
-        assert breaker.call(ok) == "ok"
+        assert breaker.call_sync(ok) == "ok"
 
 
 def _tripped(clock: VirtualClock, **kwargs: Any) -> CircuitBreaker:
@@ -224,7 +224,7 @@ def test_open_rejects_at_once_without_calling_and_reports_time_left() -> None:
 
     clock.advance(1.5)
     with pytest.raises(CircuitOpenError) as info:
-        breaker.call(work)
+        breaker.call_sync(work)
     error = info.value
     assert ran == []
     assert error.retry_after == 3.5
@@ -233,7 +233,7 @@ def test_open_rejects_at_once_without_calling_and_reports_time_left() -> None:
     assert error.details == {"breaker": "llm", "state": "open"}
     clock.advance(3.25)
     with pytest.raises(CircuitOpenError) as info:
-        breaker.call(work)
+        breaker.call_sync(work)
     assert info.value.retry_after == 0.25
     assert ran == []
     assert breaker.stats.rejected == 2
@@ -258,7 +258,7 @@ def test_custom_break_duration() -> None:
     clock = VirtualClock()
     breaker = _tripped(clock, break_duration=2.0)
     with pytest.raises(CircuitOpenError) as info:
-        breaker.call(ok)
+        breaker.call_sync(ok)
     assert info.value.retry_after == 2.0
     clock.advance(2.0)
     assert breaker.state is HALF_OPEN
@@ -282,7 +282,7 @@ def test_half_open_admits_exactly_max_probes_under_asyncio() -> None:
             return i
 
         start = clock.now()
-        tasks = [asyncio.create_task(breaker.call_async(probe, i)) for i in range(6)]
+        tasks = [asyncio.create_task(breaker.call(probe, i)) for i in range(6)]
         await asyncio.sleep(0)  # one loop pass: every task has run up to its first wait
         assert clock.now() == start  # rejections take no time
         done = [task for task in tasks if task.done()]
@@ -324,7 +324,7 @@ def test_half_open_admits_exactly_max_probes_under_threads() -> None:
     def worker() -> None:
         try:
             start.wait(WAIT)
-            breaker.call(probe)
+            breaker.call_sync(probe)
         except CircuitOpenError as error:
             rejected.append(error)
             settled.release()
@@ -407,11 +407,11 @@ def test_successful_probes_use_up_their_slots() -> None:
             await gate.wait()
             return "ok"
 
-        held = asyncio.create_task(breaker.call_async(slow_probe))
+        held = asyncio.create_task(breaker.call(slow_probe))
         await asyncio.sleep(0)
-        assert await breaker.call_async(ok_async) == "ok"  # second probe, succeeds
+        assert await breaker.call(ok_async) == "ok"  # second probe, succeeds
         with pytest.raises(CircuitOpenError):
-            await breaker.call_async(ok_async)  # 1 in flight + 1 success = 2 slots used
+            await breaker.call(ok_async)  # 1 in flight + 1 success = 2 slots used
         gate.set()
         assert await held == "ok"
 
@@ -431,11 +431,11 @@ def test_cancelled_probe_releases_its_slot_without_deciding() -> None:
             await gate.wait()
             return "late"
 
-        task = asyncio.create_task(breaker.call_async(probe))
+        task = asyncio.create_task(breaker.call(probe))
         await asyncio.sleep(0)
         assert breaker.stats.half_open_in_flight == 1
         with pytest.raises(CircuitOpenError):
-            await breaker.call_async(ok_async)
+            await breaker.call(ok_async)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -445,7 +445,7 @@ def test_cancelled_probe_releases_its_slot_without_deciding() -> None:
             0,
             1,
         )
-        assert await breaker.call_async(ok_async) == "ok"
+        assert await breaker.call(ok_async) == "ok"
 
     run_virtual(main(), clock=clock)
     assert breaker.state is CLOSED
@@ -456,7 +456,7 @@ def test_keyboard_interrupt_in_a_sync_probe_releases_its_slot() -> None:
     clock = VirtualClock()
     breaker = _half_open(clock)
     with pytest.raises(KeyboardInterrupt):
-        breaker.call(_raiser(KeyboardInterrupt))
+        breaker.call_sync(_raiser(KeyboardInterrupt))
     assert breaker.state is HALF_OPEN
     assert breaker.stats.half_open_in_flight == 0
     _succeed(breaker)
@@ -468,7 +468,7 @@ def test_unhandled_error_in_a_probe_counts_as_success() -> None:
     clock = VirtualClock()
     breaker = _half_open(clock)
     with pytest.raises(ValidationError):
-        breaker.call(_raiser(lambda: ValidationError("bad prompt")))
+        breaker.call_sync(_raiser(lambda: ValidationError("bad prompt")))
     assert breaker.state is CLOSED
 
 
@@ -524,7 +524,7 @@ def test_generator_receives_counts_and_sets_the_break() -> None:
         BreakDurationContext(failure_count=3, failure_ratio=0.6, consecutive_opens=1)
     ]
     with pytest.raises(CircuitOpenError) as info:
-        breaker.call(ok)
+        breaker.call_sync(ok)
     assert info.value.retry_after == 2.5
     clock.advance(2.5)
     _fail(breaker)  # failed probe
@@ -564,7 +564,7 @@ def test_generator_returning_bad_value_raises_and_changes_nothing(bad: object) -
     )
     _fail(breaker)
     with pytest.raises(ValidationError, match="break_duration_generator") as info:
-        breaker.call(down)
+        breaker.call_sync(down)
     assert info.value.details == {"field": "break_duration_generator"}
     assert isinstance(info.value.__context__, ExternalServiceError)
     stats = breaker.stats
@@ -630,9 +630,9 @@ def test_slow_successes_open_the_circuit() -> None:
     changes: list[StateChange] = []
     breaker = _slow_breaker(clock, listeners=[changes.append])
     _succeed(breaker, 2)
-    assert breaker.call(_taking(clock, 2.0)) == "ok"
+    assert breaker.call_sync(_taking(clock, 2.0)) == "ok"
     assert breaker.state is CLOSED  # 3 calls: below min_throughput
-    assert breaker.call(_taking(clock, 2.0)) == "ok"
+    assert breaker.call_sync(_taking(clock, 2.0)) == "ok"
     stats = breaker.stats
     assert (stats.state, stats.calls, stats.failures, stats.slow_calls) == (OPEN, 4, 0, 2)
     assert stats.slow_call_ratio == 0.5
@@ -645,7 +645,7 @@ def test_calls_shorter_than_slow_duration_do_not_count() -> None:
     clock = VirtualClock()
     breaker = _slow_breaker(clock)
     for _ in range(6):
-        breaker.call(_taking(clock, 1.75))
+        breaker.call_sync(_taking(clock, 1.75))
     stats = breaker.stats
     assert (stats.state, stats.calls, stats.slow_calls) == (CLOSED, 6, 0)
 
@@ -661,9 +661,9 @@ def test_slow_calls_open_under_asyncio() -> None:
 
     async def main() -> None:
         for _ in range(2):
-            await breaker.call_async(ok_async)
+            await breaker.call(ok_async)
         for _ in range(2):
-            await breaker.call_async(slow)
+            await breaker.call(slow)
 
     run_virtual(main(), clock=clock)
     stats = breaker.stats
@@ -678,7 +678,7 @@ def test_slow_probe_reopens() -> None:
     breaker = _slow_breaker(clock, listeners=[changes.append])
     _fail(breaker, 4)
     clock.advance(5.0)
-    assert breaker.call(_taking(clock, 2.0)) == "ok"
+    assert breaker.call_sync(_taking(clock, 2.0)) == "ok"
     assert breaker.state is OPEN
     assert [(c.new, c.reason) for c in changes][-1] == (OPEN, "probe_failed")
     assert breaker.stats.consecutive_opens == 2
@@ -701,7 +701,7 @@ def test_validation_and_auth_errors_count_as_successes(
     expected = type(factory())
     for _ in range(4):
         with pytest.raises(expected):
-            breaker.call(_raiser(factory))
+            breaker.call_sync(_raiser(factory))
     stats = breaker.stats
     assert (stats.state, stats.calls, stats.failures, stats.last_failure) == (CLOSED, 4, 0, None)
     _fail(breaker)  # 1 failure in 5 calls: still below 0.5
@@ -718,7 +718,7 @@ def test_custom_handled_predicate() -> None:
     assert (breaker.stats.calls, breaker.stats.failures) == (3, 0)
     for _ in range(3):
         with pytest.raises(TimeoutError):
-            breaker.call(_raiser(TimeoutError))
+            breaker.call_sync(_raiser(TimeoutError))
     assert breaker.state is OPEN
     assert breaker.stats.last_failure == "TimeoutError: "
 
@@ -731,7 +731,7 @@ def test_interrupts_and_cancellation_count_as_nothing(kind: type[BaseException])
     clock = VirtualClock()
     breaker = CircuitBreaker(min_throughput=1, clock=clock)
     with pytest.raises(kind):
-        breaker.call(_raiser(kind))
+        breaker.call_sync(_raiser(kind))
     stats = breaker.stats
     assert (stats.state, stats.calls, stats.failures, stats.last_failure) == (CLOSED, 0, 0, None)
 
@@ -745,7 +745,7 @@ def test_non_exception_base_errors_count_as_success_by_default() -> None:
     clock = VirtualClock()
     breaker = CircuitBreaker(min_throughput=1, clock=clock)
     with pytest.raises(Custom):
-        breaker.call(_raiser(Custom))
+        breaker.call_sync(_raiser(Custom))
     assert (breaker.state, breaker.stats.calls, breaker.stats.failures) == (CLOSED, 1, 0)
 
 
@@ -803,9 +803,9 @@ def test_failing_listener_is_logged_and_does_not_break_the_call(
     )
     with caplog.at_level(logging.ERROR, logger="flashkit.breaker"):
         with pytest.raises(ExternalServiceError):
-            breaker.call(down)
+            breaker.call_sync(down)
         clock.advance(5.0)
-        assert breaker.call(ok) == "ok"  # two transitions, both logged, call unaffected
+        assert breaker.call_sync(ok) == "ok"  # two transitions, both logged, call unaffected
     assert breaker.state is CLOSED
     assert [c.new for c in good] == [OPEN, HALF_OPEN, CLOSED]
     errors = [r for r in caplog.records if r.name == "flashkit.breaker"]
@@ -919,13 +919,13 @@ def test_isolate_and_reset_with_async_methods() -> None:
         assert breaker.state is ISOLATED
         await asyncio.sleep(3600.0)  # no break ever ends an isolation
         with pytest.raises(CircuitOpenError) as info:
-            breaker.call(work)
+            breaker.call_sync(work)
         error = info.value
         assert (error.code, error.retryable, error.retry_after) == ("circuit_isolated", False, None)
         assert "maintenance" in error.message
         assert error.details == {"breaker": "llm", "state": "isolated"}
         with pytest.raises(CircuitOpenError):
-            await breaker.call_async(ok_async)
+            await breaker.call(ok_async)
         await control.reset()
 
     run_virtual(main(), clock=clock)
@@ -977,7 +977,7 @@ def test_isolating_twice_keeps_one_transition_and_the_latest_reason() -> None:
     breaker.manual_control.isolate_sync("second")
     assert len(changes) == 1
     with pytest.raises(CircuitOpenError, match="second"):
-        breaker.call(ok)
+        breaker.call_sync(ok)
 
 
 def test_one_control_shared_by_two_breakers() -> None:
@@ -993,7 +993,7 @@ def test_one_control_shared_by_two_breakers() -> None:
     assert (first.state, second.state) == (ISOLATED, ISOLATED)
     for breaker in (first, second):
         with pytest.raises(CircuitOpenError):
-            breaker.call(ok)
+            breaker.call_sync(ok)
     run_virtual(control.reset(), clock=clock)
     assert (first.state, second.state) == (CLOSED, CLOSED)
 
@@ -1021,12 +1021,12 @@ async def _async_work(ran: list[bool], succeed: bool) -> str:
     return _sync_work(ran, succeed)
 
 
+def _form_call_sync(breaker: CircuitBreaker, ran: list[bool]) -> Attempt:
+    return lambda succeed: breaker.call_sync(_sync_work, ran, succeed)
+
+
 def _form_call(breaker: CircuitBreaker, ran: list[bool]) -> Attempt:
-    return lambda succeed: breaker.call(_sync_work, ran, succeed)
-
-
-def _form_call_async(breaker: CircuitBreaker, ran: list[bool]) -> Attempt:
-    return lambda succeed: breaker.call_async(_async_work, ran, succeed)
+    return lambda succeed: breaker.call(_async_work, ran, succeed)
 
 
 def _form_decorator(breaker: CircuitBreaker, ran: list[bool]) -> Attempt:
@@ -1061,9 +1061,22 @@ def _form_async_guard(breaker: CircuitBreaker, ran: list[bool]) -> Attempt:
     return attempt
 
 
+def test_call_forms_follow_the_sync_naming_rule() -> None:
+    """The async operation has the plain name, its blocking twin ends in _sync; guard() and the
+    decorator serve both kinds through one name."""
+    assert inspect.iscoroutinefunction(CircuitBreaker.call)
+    assert not inspect.iscoroutinefunction(CircuitBreaker.call_sync)
+    assert not hasattr(CircuitBreaker, "call_async")
+    control = CircuitBreakerManualControl
+    assert inspect.iscoroutinefunction(control.isolate)
+    assert inspect.iscoroutinefunction(control.reset)
+    assert not inspect.iscoroutinefunction(control.isolate_sync)
+    assert not inspect.iscoroutinefunction(control.reset_sync)
+
+
 FORMS = {
-    "call": (_form_call, False),
-    "call_async": (_form_call_async, True),
+    "call_sync": (_form_call_sync, False),
+    "call": (_form_call, True),
     "decorator": (_form_decorator, False),
     "async_decorator": (_form_async_decorator, True),
     "guard": (_form_guard, False),
@@ -1277,7 +1290,7 @@ def test_threads_hammering_keep_the_bookkeeping_consistent() -> None:
                     clock.advance(0.5)  # only thread 0 moves time: it stays monotonic
                     in_flight_seen.append(breaker.stats.half_open_in_flight)
                 try:
-                    breaker.call(work, k, (i * 7 + k) % 3 == 0)
+                    breaker.call_sync(work, k, (i * 7 + k) % 3 == 0)
                 except ExternalServiceError:
                     outcomes[k]["failed"] += 1
                 except CircuitOpenError:
@@ -1551,7 +1564,7 @@ class BreakerModel(RuleBasedStateMachine):
 
         raised: BaseException | None = None
         try:
-            self.b.call(work)
+            self.b.call_sync(work)
         except (CircuitOpenError, ExternalServiceError, ValidationError) as error:
             raised = error
         if kind == "rejected":

@@ -21,7 +21,7 @@ from flashkit.budget import (
     BudgetStats,
     PercentBudget,
     RetryBudget,
-    TokenBucketBudget,
+    RetryTokenBucket,
     TokenRatioBudget,
 )
 from flashkit.clock import VirtualClock
@@ -102,7 +102,7 @@ def test_finagle_preset() -> None:
 def test_aws_preset() -> None:
     """RetryBudget.aws() is the AWS SDK standard quota: 500, 5, 10 on timeout, refund 1."""
     budget = RetryBudget.aws()
-    assert type(budget) is TokenBucketBudget
+    assert type(budget) is RetryTokenBucket
     assert (
         budget.capacity,
         budget.retry_cost,
@@ -324,7 +324,7 @@ def test_aws_retried_success_refunds_the_retry_cost() -> None:
 
 def test_aws_timeout_retry_costs_ten() -> None:
     """A retry after a timeout costs 10 and is refused when fewer than 10 units are left."""
-    budget = TokenBucketBudget(capacity=25)
+    budget = RetryTokenBucket(capacity=25)
     assert budget.try_acquire_retry(timeout=True)
     assert budget.try_acquire_retry(timeout=True)
     assert budget.level == 5.0
@@ -365,7 +365,7 @@ def busy_switching() -> Any:
         pytest.param(lambda: RetryBudget.grpc(max_tokens=1e9), id="grpc"),
         pytest.param(lambda: RetryBudget.finagle(clock=VirtualClock()), id="finagle"),
         pytest.param(
-            lambda: TokenBucketBudget(capacity=1e9, timeout_retry_cost=1e8), id="aws-ledger"
+            lambda: RetryTokenBucket(capacity=1e9, timeout_retry_cost=1e8), id="aws-ledger"
         ),
         pytest.param(lambda: RetryBudget.aws(), id="aws-tight"),
     ],
@@ -418,7 +418,7 @@ def test_shared_budget_counts_exactly_across_threads(factory: Callable[[], Retry
     assert stats.retries + stats.refused == total["asks"] + 1
     assert stats.successes == total["first_ok"] + total["retried_ok"]
     assert stats.failures == total["failures"]
-    if isinstance(budget, TokenBucketBudget) and budget.capacity == 1e9:
+    if isinstance(budget, RetryTokenBucket) and budget.capacity == 1e9:
         # Never capped: the level is an exact ledger of costs and refunds.
         refunds = total["first_ok"] + 5 * total["retried_ok"]
         expected = 1e9 - 1e8 - 5 * total["granted"] + refunds
@@ -451,17 +451,17 @@ def test_shared_budget_counts_exactly_across_threads(factory: Callable[[], Retry
             "min_retries_per_sec",
             id="min-inf",
         ),
-        pytest.param(lambda: TokenBucketBudget(capacity=math.nan), "capacity", id="cap-nan"),
-        pytest.param(lambda: TokenBucketBudget(capacity=0), "capacity", id="cap-zero"),
-        pytest.param(lambda: TokenBucketBudget(retry_cost=-5), "retry_cost", id="cost-neg"),
+        pytest.param(lambda: RetryTokenBucket(capacity=math.nan), "capacity", id="cap-nan"),
+        pytest.param(lambda: RetryTokenBucket(capacity=0), "capacity", id="cap-zero"),
+        pytest.param(lambda: RetryTokenBucket(retry_cost=-5), "retry_cost", id="cost-neg"),
         pytest.param(
-            lambda: TokenBucketBudget(timeout_retry_cost=0), "timeout_retry_cost", id="to-zero"
+            lambda: RetryTokenBucket(timeout_retry_cost=0), "timeout_retry_cost", id="to-zero"
         ),
         pytest.param(
-            lambda: TokenBucketBudget(no_retry_increment=-1), "no_retry_increment", id="inc-neg"
+            lambda: RetryTokenBucket(no_retry_increment=-1), "no_retry_increment", id="inc-neg"
         ),
         pytest.param(
-            lambda: TokenBucketBudget(no_retry_increment=math.nan),
+            lambda: RetryTokenBucket(no_retry_increment=math.nan),
             "no_retry_increment",
             id="inc-nan",
         ),

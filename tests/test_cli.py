@@ -269,10 +269,10 @@ def test_markup_in_paths_and_messages_is_printed_as_text(tmp_path: Path) -> None
     result = run("process", "[/x] [bold]words.csv", *SIM)
     assert result.exit_code == 2
     assert "[/x] [bold]words.csv: cannot read the vocabulary file" in result.output
-    (tmp_path / "flashkit.toml").write_text("[retyr]\n", "utf-8")
+    (tmp_path / "flashkit.toml").write_text("[retyr]\n", "utf-8")  # codespell:ignore retyr
     result = run("config", "show")
     assert result.exit_code == 2
-    assert "unknown section [retyr]; did you mean [retry]?" in result.output
+    assert "unknown section [retyr]; did you mean [retry]?" in result.output  # codespell:ignore
 
 
 def test_a_bad_setting_names_its_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,6 @@ import httpx
 import pytest
 import redis
 
-from flashkit.adaptive import AdaptiveRateLimiter
 from flashkit.breaker import CircuitBreaker, CircuitState
 from flashkit.budget import RetryBudget
 from flashkit.client import PROVIDERS, ChatResult, LLMClient, Usage
@@ -28,8 +27,7 @@ from flashkit.errors import (
     StructuredError,
     ValidationError,
 )
-from flashkit.ratelimit import MultiLimit, RateLimiter
-from flashkit.redis_ratelimit import RedisRateLimiter
+from flashkit.ratelimit import AdaptiveRateLimiter, MultiLimit, RateLimiter, RedisRateLimiter
 from flashkit.retry import RetryConfig
 
 MESSAGES = [{"role": "user", "content": "안녕하세요"}]
@@ -436,22 +434,36 @@ def test_a_shared_redis_token_limit_is_reconciled_from_each_calls_own_grant(
     assert stats.admitted_units - stats.refunded_units == pytest.approx(4 * 100)
 
 
-def test_multilimit_charges_tokens_by_name() -> None:
+def test_what_a_limit_counts_is_the_argument_it_is_passed_as() -> None:
+    """``limiter=`` counts requests and ``token_limiter=`` LLM tokens, whatever the limits are
+    named: a MultiLimit of per-minute and per-day token limits (one named "requests" to prove
+    names do not matter) is charged tokens and settled to the usage on both."""
     clock = VirtualClock()
     upstream = Upstream(clock, default=(200, envelope(prompt=10, completion=10), {}, 0.0))
-    both = MultiLimit(
-        [RateLimiter(100, 60.0, clock=clock), RateLimiter(1000, 60.0, clock=clock, name="tokens")]
+    requests = MultiLimit(
+        [
+            RateLimiter(100, 60.0, clock=clock, name="tokens"),
+            RateLimiter(5000, 86400.0, clock=clock),
+        ]
+    )
+    tokens = MultiLimit(
+        [
+            RateLimiter(1000, 60.0, clock=clock, name="requests"),
+            RateLimiter(50_000, 86400.0, clock=clock),
+        ]
     )
 
     async def main() -> None:
-        async with make(clock, upstream, limiter=both, max_tokens=400)() as client:
+        client = make(clock, upstream, limiter=requests, token_limiter=tokens, max_tokens=400)()
+        async with client:
             for _ in range(4):
                 await client.chat(MESSAGES)
 
     run(clock, main())
-    requests, tokens = both.limits
-    assert requests.stats.admitted_units == 4
-    assert tokens.stats.admitted_units - tokens.stats.refunded_units == pytest.approx(4 * 20)
+    for limit in requests.limits:
+        assert limit.stats.admitted_units == 4
+    for limit in tokens.limits:
+        assert limit.stats.admitted_units - limit.stats.refunded_units == pytest.approx(4 * 20)
 
 
 def test_rate_limit_headers_feed_the_adaptive_limiter() -> None:
@@ -470,7 +482,7 @@ def test_rate_limit_headers_feed_the_adaptive_limiter() -> None:
 
     run(clock, main())
     assert adaptive.rate == pytest.approx(120 * 0.98)
-    assert adaptive.stats.successes == 1
+    assert adaptive.learning.successes == 1
 
 
 def test_remaining_zero_holds_back_the_next_request() -> None:

@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from flashkit.adaptive import AdaptiveRateLimiter
 from flashkit.client import ChatResult, LLMClient
 from flashkit.clock import VirtualClock, run_virtual
 from flashkit.errors import StructuredError
 from flashkit.flashcards.pipeline import generate_flashcard
 from flashkit.flashcards.vocabulary import VocabularyItem
+from flashkit.ratelimit import AdaptiveRateLimiter
 from flashkit.sim import FaultProfile, HeaderStyle, SimulatedUpstream
 
 MESSAGES = [{"role": "user", "content": "안녕하세요"}]

@@ -37,7 +37,7 @@ def test_virtual_clock_moves_only_when_told() -> None:
     clock = VirtualClock(start=100.0)
     assert clock.now() == 100.0
     clock.advance(2.5)
-    clock.sleep(0.5)
+    clock.sleep_sync(0.5)
     assert clock.now() == 103.0
     assert "103.0" in repr(clock)
 
@@ -48,8 +48,8 @@ def test_virtual_clock_rejects_negative_and_nan_time(bad: float) -> None:
     clock = VirtualClock()
     with pytest.raises(ValueError, match=r"advance\(seconds\)"):
         clock.advance(bad)
-    with pytest.raises(ValueError, match=r"sleep\(seconds\)"):
-        clock.sleep(bad)
+    with pytest.raises(ValueError, match=r"sleep_sync\(seconds\)"):
+        clock.sleep_sync(bad)
     assert clock.now() == 0.0
 
 
@@ -308,24 +308,24 @@ def test_one_clock_cannot_drive_two_live_loops() -> None:
     VirtualEventLoop(clock).close()  # fine once the first is closed
 
 
-def test_virtual_async_sleep_outside_its_loop_advances_and_yields() -> None:
-    """VirtualClock.async_sleep on an ordinary loop advances the clock by hand."""
+def test_virtual_sleep_outside_its_loop_advances_and_yields() -> None:
+    """VirtualClock.sleep on an ordinary loop advances the clock by hand."""
     clock = VirtualClock()
 
     async def main() -> float:
-        await clock.async_sleep(4.0)
+        await clock.sleep(4.0)
         return clock.now()
 
     assert asyncio.run(main()) == 4.0
 
 
-def test_virtual_async_sleep_inside_its_loop_lets_others_run_in_order() -> None:
-    """Inside its own loop, async_sleep is asyncio.sleep: tasks interleave by due time."""
+def test_virtual_sleep_inside_its_loop_lets_others_run_in_order() -> None:
+    """Inside its own loop, sleep is asyncio.sleep: tasks interleave by due time."""
     clock = VirtualClock()
     log: list[tuple[str, float]] = []
 
     async def sleeper(name: str, seconds: float) -> None:
-        await clock.async_sleep(seconds)
+        await clock.sleep(seconds)
         log.append((name, clock.now()))
 
     async def main() -> None:

@@ -772,7 +772,7 @@ def test_retry_after_of(error: BaseException, expected: float | None) -> None:
 
 
 def test_error_category_has_exactly_the_plans_values() -> None:
-    """ErrorCategory has the action plan's eight values and no others."""
+    """ErrorCategory has the original plan's eight values (docs/origins.md) and no others."""
     assert {c.value for c in ErrorCategory} == {
         "validation",
         "authentication",
@@ -787,7 +787,7 @@ def test_error_category_has_exactly_the_plans_values() -> None:
 
 
 def test_plan_constructor_positional() -> None:
-    """The plan's positional constructor sets every attribute."""
+    """The original plan's positional constructor sets every attribute."""
     cause = OSError("disk")
     error = StructuredError(
         ErrorCategory.DATABASE, "db_down", "database unreachable", {"host": "db1"}, 2.5, cause
@@ -824,7 +824,7 @@ class _Opaque:
 
 
 def test_to_dict_shape_and_json_safety() -> None:
-    """to_dict has the plan's shape (plus retryable) and dumps even with non-JSON details."""
+    """to_dict has the original plan's shape (plus retryable), dumps even non-JSON details."""
     when = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
     error = StructuredError(
         ErrorCategory.RATE_LIMIT,

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +46,23 @@ def test_one_stage1_schema_for_app_and_simulator() -> None:
     assert _content.STAGE1_FIELDS is STAGE1_FIELDS
     assert set(STAGE1_REQUIRED) == set(STAGE1_FIELDS) - {"other_meanings", "usage_context",
                                                            "homonyms"}  # fmt: skip
-    assert "korean_keywords" in system_prompt(1)
+    asked = [re.search(rf"\b{name}\b", system_prompt(1)) for name in STAGE1_FIELDS]
+    where = [match.start() if match else -1 for match in asked]
+    assert -1 not in where
+    assert where == sorted(where)  # the prompt asks for them in the schema's order
     assert HEADER in system_prompt(2)  # the prompt file's {header} is the TSV columns
+    # The simulator answers exactly the schema's fields, in order, and the one parser reads them.
+    for term in ("학교", "뷁뷁"):
+        text = _content.stage1_text(3, term, "noun")
+        assert tuple(json.loads(text)) == STAGE1_FIELDS
+        assert parse_stage1(text).to_dict() == json.loads(text)
+
+
+def test_the_simulator_imports_the_stage_contract_alone() -> None:
+    """flashkit.sim needs flashkit.flashcards.stages only, not the store, pipeline or exports."""
+    code = "import sys, flashkit.sim; print(*sorted(m for m in sys.modules if 'flashcards' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["flashkit.flashcards", "flashkit.flashcards.stages"]
 
 
 def test_stage1_parsing_fixes_the_originals_flaws() -> None:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 import pytest
 
 from flashkit.clock import VirtualClock
+from flashkit.flashcards.stages import parse_stage1
 from flashkit.lab.success import (
     OriginalCircuitBreaker,
     OriginalCircuitOpen,
     Workload,
     load_words,
-    parse_stage1,
     parse_stage2,
     run_policy,
     run_success_metrics,
     sent_in_retry_after,
     target_verdicts,
 )
+from flashkit.lab.success.original import original_stage1
+from flashkit.sim._content import stage1_text
 
 pytest.importorskip("tenacity")
 pytest.importorskip("aiolimiter")
@@ -163,7 +166,14 @@ def test_parsers_and_words() -> None:
     assert words[0].position == 1
     assert words[291].term == words[0].term  # the lexicon repeats with new positions
     with pytest.raises(KeyError):
-        parse_stage1('{"term": "나"}')
+        original_stage1('{"term": "나"}')
+    answer = stage1_text(1, "학교", "noun")
+    assert original_stage1(f"```json\n{answer}\n```") == json.loads(answer)
+    # The one parser lets comparison be null; the original's Stage1Response did not.
+    null = json.dumps({**json.loads(answer), "comparison": None})
+    assert parse_stage1(null).comparison is None
+    with pytest.raises(KeyError, match="comparison"):
+        original_stage1(null)
     with pytest.raises(ValueError, match="no valid data rows"):
         parse_stage2(
             "position\tterm\tterm_number\ttab_name\tprimer\tfront\tback\ttags\thonorific_level"

@@ -119,7 +119,7 @@ def test_ratelimit_benchmark_reports_peers_and_redis(report) -> None:  # type: i
 
 @pytest.mark.parametrize("profile", ["flaky", "rate_limited", "outage"])
 def test_success_metrics_notebook_judges_the_targets(report, profile: str) -> None:  # type: ignore[no-untyped-def]
-    """Each success-metrics entry measured all three policies and judged the plan's targets."""
+    """Each success-metrics entry measured all three policies and judged the success targets."""
     results = json.loads((report.output_dir / "results" / f"success_{profile}.json").read_text())
     assert results["profile"] == profile
     metrics = {row["policy"]: row for row in results["metrics"]}

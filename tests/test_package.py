@@ -22,8 +22,6 @@ PUBLIC_MODULES = [
     "budget",
     "breaker",
     "ratelimit",
-    "redis_ratelimit",
-    "adaptive",
     "cache",
     "logs",
 ]
@@ -82,6 +80,31 @@ def test_every_top_level_name_lives_in_a_named_module() -> None:
     for module_name, names in NAMESPACES.items():
         homes.update(dict.fromkeys(names, module_name))
     assert set(flashkit.__all__) - {"__version__"} <= set(homes)
+
+
+@pytest.mark.parametrize("gone", ["redis_ratelimit", "adaptive"])
+def test_the_limiters_live_in_one_package(gone: str) -> None:
+    """Every limiter is in flashkit.ratelimit; the old module paths are gone, not aliased."""
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(f"flashkit.{gone}")
+
+
+def test_the_client_does_not_load_the_app_the_simulator_or_the_lab() -> None:
+    """The import direction, checked where a user meets it: importing the client (in a fresh
+    interpreter) loads no module of the flashcard app, the simulator or the lab."""
+    import subprocess
+    import sys
+
+    code = (
+        "import flashkit.client, sys; "
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('flashkit.'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "flashkit.client" in loaded
+    for layer in ("flashkit.flashcards", "flashkit.sim", "flashkit.lab", "flashkit.cli"):
+        assert not [m for m in loaded if m == layer or m.startswith(layer + ".")], layer
 
 
 def test_version_matches_pyproject_and_package_is_typed() -> None:

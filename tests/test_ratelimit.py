@@ -33,15 +33,16 @@ from hypothesis import strategies as st
 from flashkit.clock import SystemClock, VirtualClock, run_virtual
 from flashkit.errors import RateLimitError, ValidationError
 from flashkit.ratelimit import (
-    WAIT_BUCKETS,
+    Grant,
     LimiterStats,
     MultiLimit,
     MultiReservation,
     RateLimiter,
     RateLimitResult,
+    Reservation,
     ShardedRateLimiter,
-    TokenReservation,
 )
+from flashkit.ratelimit._base import WAIT_BUCKETS
 
 ALGORITHMS = ("sliding_window", "token_bucket", "gcra")
 BUCKETS = ("token_bucket", "gcra")
@@ -91,8 +92,8 @@ def limiter_for(
     return RateLimiter(
         rate,
         period,
-        algorithm,  # type: ignore[arg-type]
-        burst if algorithm != "sliding_window" else None,
+        algorithm=algorithm,  # type: ignore[arg-type]
+        burst=burst if algorithm != "sliding_window" else None,
         clock=clock,
         **kw,
     )
@@ -246,7 +247,13 @@ async def drive_mixed(
                 if limiter.try_acquire(count=count).allowed:
                     events.append([clock.now(), count])
             elif op == "acquire":
-                await limiter.acquire(count=count)
+                grant = await limiter.acquire(count=count)
+                assert (grant.key, grant.count, grant.limiter) == ("default", count, limiter)
+                assert grant.waited >= 0.0
+                # the units count from admitted_at: never after use, and before it by at most
+                # the merge quantum (period / 1024) or the rounding of the due time
+                assert grant.admitted_at <= clock.now() + 1e-9
+                assert clock.now() - grant.admitted_at <= limiter.period / 1024 + 1e-9
                 events.append([clock.now(), count])
             elif op == "reserve_cancel":
                 reservation = limiter.reserve(count=count, max_wait=math.inf)
@@ -260,13 +267,15 @@ async def drive_mixed(
                 event = [clock.now(), count]
                 events.append(event)
                 if op == "adjust_reservation":
-                    assert limiter.adjust(reservation, actual) == actual - count
+                    assert await limiter.adjust(reservation, actual) == actual - count
                     event[1] = actual
             else:  # adjust_key: the usual acquire-then-reconcile flow
                 await limiter.acquire(count=count)
                 event = [clock.now(), count]
                 events.append(event)
-                limiter.adjust("default", actual, estimated_count=count)
+                assert (
+                    await limiter.adjust("default", actual, estimated_count=count) == actual - count
+                )
                 event[1] = actual
 
     await asyncio.gather(*(worker(steps) for steps in plans))
@@ -336,9 +345,9 @@ def test_token_bucket_and_gcra_admit_exactly_the_same(data: st.DataObject) -> No
         label="steps",
     )
     clock = VirtualClock()
-    bucket = RateLimiter(rate, period, "token_bucket", burst, clock=clock)
-    cell = RateLimiter(rate, period, "gcra", burst, clock=clock)
-    pending: list[tuple[TokenReservation, TokenReservation]] = []
+    bucket = RateLimiter(rate, period, algorithm="token_bucket", burst=burst, clock=clock)
+    cell = RateLimiter(rate, period, algorithm="gcra", burst=burst, clock=clock)
+    pending: list[tuple[Reservation, Reservation]] = []
     for gap_s, count, op in steps:
         clock.advance(gap_s)
         if op == "try":
@@ -396,7 +405,7 @@ def test_sliding_window_frees_a_unit_exactly_when_it_says(first: float, period: 
 def test_bucket_pacer_admits_one_unit_every_period_over_rate(algorithm: str) -> None:
     """With burst=None the buckets admit one unit per period/rate, never two at once."""
     clock = VirtualClock()
-    limiter = RateLimiter(4, 2.0, algorithm, clock=clock)  # type: ignore[arg-type]
+    limiter = RateLimiter(4, 2.0, algorithm=algorithm, clock=clock)  # type: ignore[arg-type]
     assert limiter.try_acquire().allowed
     refused = limiter.try_acquire()
     assert not refused.allowed
@@ -420,7 +429,7 @@ def test_bucket_pacer_admits_one_unit_every_period_over_rate(algorithm: str) -> 
 def test_long_run_rate_is_rate_over_period(algorithm: str) -> None:
     """1,000 back-to-back acquires take (1,000 - rate)/rate periods (sliding) or 999/rate."""
     clock = VirtualClock()
-    limiter = RateLimiter(10, 1.0, algorithm, clock=clock)  # type: ignore[arg-type]
+    limiter = RateLimiter(10, 1.0, algorithm=algorithm, clock=clock)  # type: ignore[arg-type]
 
     async def main() -> list[float]:
         done = []
@@ -452,7 +461,7 @@ def test_queued_waiters_never_exceed_the_rate_by_rounding(
 ) -> None:
     """Back-to-back reservations never let rounding (1/49 s, 0.1 s) add a unit to a window."""
     clock = VirtualClock(start)
-    limiter = RateLimiter(rate, period, algorithm, clock=clock)  # type: ignore[arg-type]
+    limiter = RateLimiter(rate, period, algorithm=algorithm, clock=clock)  # type: ignore[arg-type]
     due = [limiter.reserve(max_wait=math.inf).execute_at for _ in range(20 * rate + 1)]
     assert window_peak([(t, 1) for t in due], period, tolerance(algorithm)) <= rate
     assert all(later >= earlier for earlier, later in itertools.pairwise(due))
@@ -472,7 +481,13 @@ def test_a_full_burst_passes_at_once_at_any_clock_time(algorithm: str, seed: int
         rate, burst = rng.randint(1, 50), rng.randint(2, 12)
         period = rng.choice([1.0, 0.3, 0.1, 7.0, 60.0])
         clock = VirtualClock(start)
-        limiter = RateLimiter(rate, period, algorithm, burst, clock=clock)  # type: ignore[arg-type]
+        limiter = RateLimiter(
+            rate,
+            period,
+            algorithm=algorithm,  # type: ignore[arg-type]
+            burst=burst,
+            clock=clock,
+        )
         clock.advance(rng.choice([0.0, rng.random() * period]))
         assert [limiter.try_acquire().allowed for _ in range(burst + 1)] == [True] * burst + [False]
         assert limiter.remaining() == 0.0
@@ -527,7 +542,7 @@ def test_waiters_are_served_in_arrival_order_and_a_large_one_is_not_starved() ->
 def test_bucket_waiters_are_served_in_arrival_order(algorithm: str) -> None:
     """With a burst bucket, a large request is served before small ones that came after it."""
     clock = VirtualClock()
-    limiter = RateLimiter(1, 1.0, algorithm, burst=4, clock=clock)  # type: ignore[arg-type]
+    limiter = RateLimiter(1, 1.0, algorithm=algorithm, burst=4, clock=clock)  # type: ignore[arg-type]
     assert limiter.try_acquire(count=4).allowed
     done: list[tuple[str, float]] = []
 
@@ -572,7 +587,8 @@ def test_try_acquire_does_not_jump_a_waiting_task() -> None:
         waiter = asyncio.create_task(limiter.acquire(count=5))
         await asyncio.sleep(1.0)
         seen.append(limiter.try_acquire().allowed)
-        assert await waiter == 10.0
+        grant = await waiter
+        assert (grant.waited, grant.admitted_at, grant.count) == (10.0, 10.0, 5)
 
     run_virtual(main(), clock=clock)
     assert seen == [False]
@@ -593,7 +609,8 @@ def test_timeout_that_cannot_be_met_fails_at_once_with_retry_after(
         with pytest.raises(RateLimitError) as caught:
             await limiter.acquire(timeout=5.0)
         assert clock.now() == 0.0
-        assert await limiter.acquire(timeout=10.0) == 10.0  # nothing was taken by the failure
+        grant = await limiter.acquire(timeout=10.0)  # nothing was taken by the failure
+        assert (grant.waited, grant.admitted_at) == (10.0, 10.0)
         return caught.value
 
     error = run_virtual(main(), clock=clock)
@@ -616,7 +633,7 @@ def test_cancelled_waiter_gives_its_turn_to_the_next(algorithm: str, burst: int 
     limiter = limiter_for(algorithm, 1, 10.0, burst, clock)
     assert limiter.try_acquire().allowed
 
-    async def main() -> float:
+    async def main() -> Grant:
         waiter = asyncio.create_task(limiter.acquire())
         await asyncio.sleep(1.0)
         waiter.cancel()
@@ -625,7 +642,8 @@ def test_cancelled_waiter_gives_its_turn_to_the_next(algorithm: str, burst: int 
         await asyncio.sleep(1.0)
         return await limiter.acquire()
 
-    assert run_virtual(main(), clock=clock) == 8.0  # due at 10.0, not 20.0
+    grant = run_virtual(main(), clock=clock)
+    assert (grant.waited, grant.admitted_at) == (8.0, 10.0)  # due at 10.0, not 20.0
     assert clock.now() == 10.0
     assert limiter.stats.refunded_units == 1.0
 
@@ -637,17 +655,18 @@ def test_a_refund_pulls_queued_waiters_forward() -> None:
     clock = VirtualClock()
     limiter = RateLimiter(10, 1.0, clock=clock)
 
-    async def main() -> tuple[float, float]:
+    async def main() -> tuple[Grant, float]:
         await limiter.acquire(count=10)
         waiter = asyncio.create_task(limiter.acquire(count=5))
         await asyncio.sleep(0.2)
         assert not waiter.done()
-        assert limiter.adjust("default", 2, estimated_count=10) == -8
-        waited = await waiter
-        return waited, clock.now()
+        assert await limiter.adjust("default", 2, estimated_count=10) == -8
+        grant = await waiter
+        return grant, clock.now()
 
-    waited, admitted_at = run_virtual(main(), clock=clock)
-    assert (waited, admitted_at) == (pytest.approx(0.2), pytest.approx(0.2))
+    grant, woke_at = run_virtual(main(), clock=clock)
+    assert (grant.waited, grant.admitted_at) == (pytest.approx(0.2), pytest.approx(0.2))
+    assert woke_at == pytest.approx(0.2)
     assert not limiter.try_acquire(count=4).allowed  # 2 + 5 in the window: 3 left
     assert limiter.try_acquire(count=3).allowed
 
@@ -670,10 +689,10 @@ def test_pulled_forward_waiters_keep_their_order() -> None:
         await asyncio.sleep(0)
         second = asyncio.create_task(waiter("second", 1))
         await asyncio.sleep(0.2)
-        limiter.adjust("default", 7, estimated_count=10)  # 3 back: the first (8) still waits
+        await limiter.adjust("default", 7, estimated_count=10)  # 3 back: the first (8) waits
         await asyncio.sleep(0.1)
         assert order == []
-        limiter.adjust("default", 1, estimated_count=7)  # 6 more: 1 + 8 + 1 fit at 0.3 s
+        await limiter.adjust("default", 1, estimated_count=7)  # 6 more: 1 + 8 + 1 fit at 0.3 s
         await asyncio.gather(first, second)
 
     run_virtual(main(), clock=clock)
@@ -681,33 +700,38 @@ def test_pulled_forward_waiters_keep_their_order() -> None:
     assert [when for _, when in order] == [pytest.approx(0.3), pytest.approx(0.3)]
 
 
-def test_adjust_admitted_at_refunds_the_callers_own_grant() -> None:
-    """6 units at 0 s, then a caller's estimate of 4 at 0.5 s, reconciled to 1 at 0.6 s. Told
-    when it was admitted, the refund comes from that grant: once the 6 leave (1.0 s) the window
-    holds 1, and 9 fit. Without it the refund comes from the oldest units (the 6), which leave
-    at 1.0 s anyway: the window then still holds the estimate's 4. Never from a later grant."""
+def test_adjust_with_the_grant_refunds_the_callers_own_grant() -> None:
+    """6 units at 0 s, then a caller's estimate of 4 at 0.5 s, reconciled to 1 at 0.6 s. Given
+    the grant, the refund comes from that grant: once the 6 leave (1.0 s) the window holds 1,
+    and 9 fit. By key the refund comes from the oldest units (the 6), which leave at 1.0 s
+    anyway: the window then still holds the estimate's 4. Never from a later grant."""
     outcomes = {}
     for told in (True, False):
         clock = VirtualClock()
         limiter = RateLimiter(10, 1.0, clock=clock)
         assert limiter.try_acquire(count=6).allowed
         clock.advance(0.5)
-        assert limiter.try_acquire(count=4).allowed
+        grant = limiter.acquire_sync(count=4, timeout=0)
         clock.advance(0.1)
-        limiter.adjust("default", 1, estimated_count=4, admitted_at=0.5 if told else None)
+        if told:
+            limiter.adjust_sync(grant, 1)
+        else:
+            limiter.adjust_sync("default", 1, estimated_count=4)
         clock.advance(0.45)  # 1.05 s: the 6 have left
         outcomes[told] = (limiter.try_acquire(count=9).allowed, limiter.stats.refunded_units)
     assert outcomes == {True: (True, 3.0), False: (False, 3.0)}
 
     clock = VirtualClock()
     limiter = RateLimiter(10, 1.0, clock=clock)
-    assert limiter.try_acquire(count=4).allowed  # the caller's, at 0 s
+    grant = limiter.acquire_sync(count=4)  # the caller's, at 0 s
     clock.advance(0.5)
     assert limiter.try_acquire(count=5).allowed  # someone else's, later
-    limiter.adjust("default", 0, estimated_count=4, admitted_at=0.0)
+    limiter.adjust_sync(grant, 0)
     assert [entry[1] for entry in limiter._states["default"].entries] == [0.0, 5.0]
-    with pytest.raises(ValidationError, match="admitted_at"):
-        limiter.adjust("default", 0, estimated_count=1, admitted_at="soon")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="settle a Grant or a key"):
+        limiter.adjust_sync(4.0, 0, estimated_count=1)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="made by"):
+        limiter.adjust_sync(RateLimiter(10, 1.0, clock=clock).acquire_sync(), 0)
 
 
 def test_a_waiter_moves_only_when_the_refund_makes_room() -> None:
@@ -723,13 +747,14 @@ def test_a_waiter_moves_only_when_the_refund_makes_room() -> None:
         await limiter.acquire(count=4)
         waiter = asyncio.create_task(limiter.acquire(count=5))
         await asyncio.sleep(0.1)
-        limiter.adjust("default", 2, estimated_count=6)
+        await limiter.adjust("default", 2, estimated_count=6)
         log = limiter._states["default"].entries
         assert log[-1][0] == 1.0  # not moved
         await asyncio.sleep(0.1)
         assert not waiter.done()
-        limiter.adjust("default", 1, estimated_count=2)
-        await waiter
+        await limiter.adjust("default", 1, estimated_count=2)
+        grant = await waiter
+        assert (grant.waited, grant.admitted_at) == (pytest.approx(0.2), pytest.approx(0.7))
         return clock.now()
 
     assert run_virtual(main(), clock=clock) == pytest.approx(0.7)
@@ -739,9 +764,10 @@ def test_a_waiter_moves_only_when_the_refund_makes_room() -> None:
 @given(data=st.data())
 def test_refunds_that_pull_waiters_forward_keep_the_window_strict(data: st.DataObject) -> None:
     """Estimate-then-reconcile under contention: tasks acquire an estimate, hold it a while,
-    then adjust it down (key form or cancel while waiting), while others queue behind. Waiters
-    pulled forward by the refunds never put more than ``rate`` units in any window (units as
-    finally charged, at the times they were admitted)."""
+    then adjust it down (with the Grant, by key with or without ``admitted_at``, or cancel while
+    waiting), while others queue behind. Waiters pulled forward by the refunds never put more
+    than ``rate`` units in any window (units as finally charged, at the times they were
+    admitted)."""
     rate = data.draw(st.integers(2, 12), label="rate")
     period = data.draw(st.sampled_from(PERIODS), label="period")
     step = st.tuples(
@@ -750,7 +776,7 @@ def test_refunds_that_pull_waiters_forward_keep_the_window_strict(data: st.DataO
         st.floats(0.0, 1.0),  # actual / estimate
         st.sampled_from([0.0, 0.0, 0.1, 0.5]),  # hold (periods) before reconciling
         st.booleans(),  # cancel instead, if still waiting after the hold
-        st.booleans(),  # tell adjust when the grant was admitted
+        st.sampled_from(["grant", "rebuilt", "key"]),  # how adjust is told which grant
     )
     plans = data.draw(
         st.lists(st.lists(step, min_size=1, max_size=6), min_size=2, max_size=6), label="plans"
@@ -759,12 +785,12 @@ def test_refunds_that_pull_waiters_forward_keep_the_window_strict(data: st.DataO
     limiter = RateLimiter(rate, period, clock=clock)
     events: list[list[float]] = []
 
-    async def admitted(estimate: int) -> float:
-        await limiter.acquire(count=estimate)
-        return clock.now()
+    async def admitted(estimate: int) -> tuple[float, Grant]:
+        grant = await limiter.acquire(count=estimate)
+        return clock.now(), grant
 
-    async def worker(steps: list[tuple[float, int, float, float, bool, bool]]) -> None:
-        for gap, estimate, fraction, hold, cancel, with_time in steps:
+    async def worker(steps: list[tuple[float, int, float, float, bool, str]]) -> None:
+        for gap, estimate, fraction, hold, cancel, form in steps:
             await asyncio.sleep(gap)
             task = asyncio.ensure_future(admitted(estimate))
             await asyncio.sleep(hold * period)  # (the task may be admitted meanwhile)
@@ -773,11 +799,18 @@ def test_refunds_that_pull_waiters_forward_keep_the_window_strict(data: st.DataO
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 continue
-            event = [await task, float(estimate)]
+            now, grant = await task
+            event = [now, float(estimate)]
             events.append(event)
             actual = math.floor(estimate * fraction)
-            at = event[0] if with_time else None
-            limiter.adjust("default", actual, estimated_count=estimate, admitted_at=at)
+            if form == "grant":
+                delta = await limiter.adjust(grant, actual)
+            elif form == "rebuilt":  # a grant rebuilt by hand from when it was admitted
+                rebuilt = Grant("default", estimate, 0.0, now, limiter)
+                delta = await limiter.adjust(rebuilt, actual)
+            else:
+                delta = await limiter.adjust("default", actual, estimated_count=estimate)
+            assert delta == actual - estimate
             event[1] = float(actual)
 
     async def main() -> None:
@@ -827,7 +860,7 @@ def test_request_larger_than_the_limit_fails_at_once(
 def test_invalid_counts_are_refused(algorithm: str, count: Any) -> None:
     """count 0, negative, NaN, inf, bool or non-numbers raise ValidationError naming the limiter."""
     clock = VirtualClock()
-    limiter = RateLimiter(5, 1.0, algorithm, clock=clock, name="rpm")  # type: ignore[arg-type]
+    limiter = RateLimiter(5, 1.0, algorithm=algorithm, clock=clock, name="rpm")  # type: ignore[arg-type]
     for call in (limiter.try_acquire, limiter.acquire_sync, limiter.reserve):
         with pytest.raises(ValidationError) as caught:
             call(count=count)
@@ -974,16 +1007,16 @@ def test_a_stub_clock_that_never_moves_does_not_hang_waits() -> None:
         def now(self) -> float:
             return 0.0
 
-        def sleep(self, seconds: float) -> None:
+        def sleep_sync(self, seconds: float) -> None:
             pass
 
-        async def async_sleep(self, seconds: float) -> None:
+        async def sleep(self, seconds: float) -> None:
             await asyncio.sleep(0)
 
     limiter = RateLimiter(1, 10.0, clock=FrozenClock())
-    assert limiter.acquire_sync() == 0.0
-    assert limiter.acquire_sync() == 10.0
-    assert asyncio.run(limiter.acquire()) == 20.0
+    assert limiter.acquire_sync()[2:4] == (0.0, 0.0)  # (waited, admitted_at)
+    assert limiter.acquire_sync()[2:4] == (10.0, 10.0)
+    assert asyncio.run(limiter.acquire())[2:4] == (20.0, 20.0)
     limiter.reserve(max_wait=math.inf).wait_sync()
 
 
@@ -1069,7 +1102,7 @@ def test_accounting_never_creates_or_loses_units(algorithm: str, data: st.DataOb
             max_size=40,
         )
     )
-    reservations: list[TokenReservation] = []
+    reservations: list[Reservation] = []
     taken = 0.0
     for op, count, pick, seconds in steps:
         live = [r for r in reservations if r.status in ("pending", "used")]
@@ -1093,7 +1126,7 @@ def test_accounting_never_creates_or_loses_units(algorithm: str, data: st.DataOb
                     target.wait_sync()
                     assert target.status == "used"
             elif op == "adjust" and target in live:
-                limiter.adjust(target, pick % (count + 2))
+                limiter.adjust_sync(target, pick % (count + 2))
         stats = limiter.stats
         held = taken + sum(r.count for r in reservations if r.status in ("pending", "used"))
         accounted = stats.admitted_units - stats.refunded_units - stats.forfeited_units
@@ -1115,7 +1148,7 @@ def test_adjust_refund_gives_units_back_exactly_on_the_sliding_window() -> None:
     limiter = RateLimiter(100, 60.0, clock=clock)
     reservation = limiter.reserve(count=80)
     reservation.wait_sync()
-    assert limiter.adjust(reservation, 30) == -50.0
+    assert limiter.adjust_sync(reservation, 30) == -50.0
     assert reservation.count == 30.0
     assert limiter.remaining() == 70.0
     assert limiter.try_acquire(count=70).allowed
@@ -1127,10 +1160,31 @@ def test_adjust_by_key_refunds_the_difference() -> None:
     """The key form (after acquire) refunds estimated - actual."""
     clock = VirtualClock()
     limiter = RateLimiter(100, 60.0, clock=clock)
-    limiter.acquire_sync(count=80)
-    assert limiter.adjust("default", 30, estimated_count=80) == -50.0
+    grant = limiter.acquire_sync(count=80)
+    assert (grant.key, grant.count, grant.waited, grant.admitted_at) == ("default", 80, 0.0, 0.0)
+    assert limiter.adjust_sync("default", 30, estimated_count=80) == -50.0
     assert limiter.remaining() == 70.0
     assert limiter.stats.refunded_units == 50.0
+
+
+def test_adjust_with_the_grant_refunds_that_grant() -> None:
+    """The Grant form (sync and async) refunds from the grant itself: its admitted_at and its
+    estimate come with it, so a later grant of the key keeps its units."""
+    clock = VirtualClock()
+    limiter = RateLimiter(100, 60.0, clock=clock)
+    first = limiter.acquire_sync(count=30)
+    clock.advance(10.0)
+    second = limiter.acquire_sync(count=50)
+    assert (first.admitted_at, second.admitted_at) == (0.0, 10.0)
+    assert limiter.adjust_sync(second, 20) == -30.0
+    assert [entry[1] for entry in limiter._states["default"].entries] == [30.0, 20.0]
+    assert run_virtual(limiter.adjust(first, 40), clock=clock) == 10.0  # a charge, recorded now
+    assert limiter.remaining() == 40.0  # 30 + 20 + 10 in the window
+    assert (limiter.stats.refunded_units, limiter.stats.admitted_units) == (30.0, 90.0)
+    other = RateLimiter(100, 60.0, clock=clock)
+    with pytest.raises(ValidationError) as caught:
+        other.adjust_sync(first, 0)
+    assert caught.value.code == "invalid_grant"
 
 
 def test_adjust_by_key_never_refunds_units_of_a_queued_reservation() -> None:
@@ -1140,7 +1194,7 @@ def test_adjust_by_key_never_refunds_units_of_a_queued_reservation() -> None:
     assert limiter.try_acquire(count=2000).allowed
     queued = limiter.reserve(count=2000)
     assert queued.execute_at == 60.0
-    limiter.adjust("default", 1000, estimated_count=2000)
+    limiter.adjust_sync("default", 1000, estimated_count=2000)
     later = limiter.reserve(count=2000)
     events = [(0.0, 1000), (queued.execute_at, 2000), (later.execute_at, 2000)]
     assert window_peak(events, 60.0) <= 3000
@@ -1151,11 +1205,11 @@ def test_adjust_by_key_never_refunds_units_of_a_queued_reservation() -> None:
 def test_bucket_key_refund_never_takes_back_a_queued_grant(algorithm: str) -> None:
     """With a reservation queued behind the caller, a key-form refund is forfeited, not taken."""
     clock = VirtualClock()
-    limiter = RateLimiter(1, 1.0, algorithm, clock=clock)  # type: ignore[arg-type]
+    limiter = RateLimiter(1, 1.0, algorithm=algorithm, clock=clock)  # type: ignore[arg-type]
     assert limiter.try_acquire().allowed  # the caller
     queued = limiter.reserve()
     assert queued.execute_at == 1.0
-    limiter.adjust("default", 0, estimated_count=1)
+    limiter.adjust_sync("default", 0, estimated_count=1)
     assert limiter.stats.forfeited_units == 1.0
     assert limiter.reserve().execute_at == 2.0  # not 1.0 next to the queued one
 
@@ -1168,7 +1222,7 @@ def test_adjust_by_key_refund_keeps_later_grants_in_their_window() -> None:
     clock.advance(5.0)
     assert limiter.try_acquire(count=5).allowed  # someone else, t = 5
     clock.advance(1.0)
-    limiter.adjust("default", 0, estimated_count=5)  # the caller used nothing
+    limiter.adjust_sync("default", 0, estimated_count=5)  # the caller used nothing
     assert limiter.try_acquire(count=5).allowed  # t = 6: the caller's 5 units are free
     clock.advance(4.0)  # t = 10: [5, 15) still holds 10 units
     assert not limiter.try_acquire().allowed
@@ -1181,13 +1235,14 @@ def test_adjust_charge_makes_later_callers_wait() -> None:
     clock = VirtualClock()
     limiter = RateLimiter(100, 60.0, clock=clock)
     assert limiter.try_acquire(count=50).allowed
-    assert limiter.adjust("default", 80, estimated_count=50) == 30.0
+    assert limiter.adjust_sync("default", 80, estimated_count=50) == 30.0
     assert limiter.remaining() == 20.0
     assert limiter.stats.admitted_units == 80.0
     reservation = limiter.reserve(count=20)
-    assert limiter.adjust(reservation, 40) == 20.0
+    assert limiter.adjust_sync(reservation, 40) == 20.0
     assert not limiter.try_acquire().allowed
-    assert run_virtual(limiter.acquire(count=30), clock=clock) == 60.0
+    grant = run_virtual(limiter.acquire(count=30), clock=clock)
+    assert (grant.waited, grant.admitted_at) == (60.0, 60.0)
 
 
 def test_adjust_by_key_needs_estimated_count() -> None:
@@ -1195,14 +1250,16 @@ def test_adjust_by_key_needs_estimated_count() -> None:
     limiter = RateLimiter(100, 60.0, clock=VirtualClock())
     limiter.try_acquire(count=10)
     with pytest.raises(ValidationError) as caught:
-        limiter.adjust("default", 5)
+        limiter.adjust_sync("default", 5)
     assert "estimated_count" in caught.value.message
     assert not caught.value.retryable
+    with pytest.raises(ValidationError, match="estimated_count"):
+        run_virtual(limiter.adjust("default", 5))
     for bad in (-1, math.nan, True, "5"):
         with pytest.raises(ValidationError):
-            limiter.adjust("default", bad, estimated_count=10)
+            limiter.adjust_sync("default", bad, estimated_count=10)
     with pytest.raises(ValidationError):
-        limiter.adjust("default", 5, estimated_count=0)
+        limiter.adjust_sync("default", 5, estimated_count=0)
     assert limiter.remaining() == 90.0
 
 
@@ -1212,11 +1269,11 @@ def test_adjust_rejects_foreign_and_dead_reservations() -> None:
     limiter, other = RateLimiter(10, 1.0, clock=clock), RateLimiter(10, 1.0, clock=clock)
     foreign = other.reserve()
     with pytest.raises(ValidationError):
-        limiter.adjust(foreign, 0)
+        limiter.adjust_sync(foreign, 0)
     cancelled = limiter.reserve()
     cancelled.cancel()
     with pytest.raises(RateLimitError) as caught:
-        limiter.adjust(cancelled, 0)
+        limiter.adjust_sync(cancelled, 0)
     assert caught.value.code == "reservation_cancelled"
 
 
@@ -1224,14 +1281,14 @@ def test_adjust_rejects_foreign_and_dead_reservations() -> None:
 def test_bucket_refunds_only_the_latest_grant_and_forfeits_older_ones(algorithm: str) -> None:
     """token_bucket/gcra take back the latest grant; an older one's units are forfeited."""
     clock = VirtualClock()
-    limiter = RateLimiter(100, 60.0, algorithm, burst=100, clock=clock)  # type: ignore[arg-type]
+    limiter = RateLimiter(100, 60.0, algorithm=algorithm, burst=100, clock=clock)  # type: ignore[arg-type]
     older = limiter.reserve(count=40)
     latest = limiter.reserve(count=40)
     assert limiter.remaining() == pytest.approx(20.0)
-    limiter.adjust(older, 10)
+    limiter.adjust_sync(older, 10)
     assert limiter.remaining() == pytest.approx(20.0)
     assert limiter.stats.forfeited_units == 30.0
-    limiter.adjust(latest, 10)
+    limiter.adjust_sync(latest, 10)
     assert limiter.remaining() == pytest.approx(50.0)
     assert limiter.stats.refunded_units == 30.0
     assert latest.cancel()  # the rest of the latest grant: as if never granted
@@ -1239,12 +1296,32 @@ def test_bucket_refunds_only_the_latest_grant_and_forfeits_older_ones(algorithm:
 
 
 @pytest.mark.parametrize("algorithm", BUCKETS)
+def test_bucket_grant_refund_never_takes_back_a_later_grant(algorithm: str) -> None:
+    """adjust(grant, ...) of an older grant on a bucket forfeits (docs/design/ratelimit.md): it
+    must not give back the units of a later grant that is in use. A pacer of 1 per second: A at
+    0 s, B at 1 s; A is settled at 0 units at 1 s. Were B's unit given back, C would pass at 1 s
+    too: two units in [1, 2), over the bound of 1."""
+    clock = VirtualClock()
+    limiter = RateLimiter(1, 1.0, algorithm=algorithm, clock=clock)  # type: ignore[arg-type]
+    first = limiter.acquire_sync()
+    later = limiter.acquire_sync()
+    assert (first.admitted_at, later.admitted_at, clock.now()) == (0.0, 1.0, 1.0)
+    assert limiter.adjust_sync(first, 0) == -1.0
+    events = [(first.admitted_at, 0), (later.admitted_at, 1)]
+    if limiter.try_acquire().allowed:
+        events.append((clock.now(), 1))
+    assert window_peak(events, 1.0) <= 1
+    stats = limiter.stats
+    assert (stats.refunded_units, stats.forfeited_units) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("algorithm", BUCKETS)
 def test_bucket_key_refund_gives_back_only_the_difference(algorithm: str) -> None:
     """A partial key-form refund returns estimated - actual, not the whole grant."""
     clock = VirtualClock()
-    limiter = RateLimiter(100, 60.0, algorithm, burst=100, clock=clock)  # type: ignore[arg-type]
+    limiter = RateLimiter(100, 60.0, algorithm=algorithm, burst=100, clock=clock)  # type: ignore[arg-type]
     assert limiter.try_acquire(count=100).allowed
-    limiter.adjust("default", 90, estimated_count=100)
+    limiter.adjust_sync("default", 90, estimated_count=100)
     assert limiter.remaining() == pytest.approx(10.0)
     assert not limiter.try_acquire(count=11).allowed
     assert limiter.stats.refunded_units == 10.0
@@ -1254,10 +1331,10 @@ def test_bucket_key_refund_gives_back_only_the_difference(algorithm: str) -> Non
 def test_bucket_key_refund_is_capped_by_the_latest_grant(algorithm: str) -> None:
     """A key-form refund beyond the latest grant returns that grant; the rest is forfeited."""
     clock = VirtualClock()
-    limiter = RateLimiter(100, 60.0, algorithm, burst=100, clock=clock)  # type: ignore[arg-type]
+    limiter = RateLimiter(100, 60.0, algorithm=algorithm, burst=100, clock=clock)  # type: ignore[arg-type]
     assert limiter.try_acquire(count=30).allowed
     assert limiter.try_acquire(count=20).allowed
-    limiter.adjust("default", 0, estimated_count=30)
+    limiter.adjust_sync("default", 0, estimated_count=30)
     assert limiter.remaining() == pytest.approx(70.0)
     stats = limiter.stats
     assert (stats.refunded_units, stats.forfeited_units) == (20.0, 10.0)
@@ -1370,13 +1447,14 @@ def test_multilimit_acquire_waits_for_the_slowest_limit() -> None:
     rpm, tpm, both = rpm_tpm(clock)
     assert tpm.try_acquire(count=990).allowed
 
-    async def main() -> float:
+    async def main() -> Grant:
         return await both.acquire(count=[1, 20])
 
-    assert run_virtual(main(), clock=clock) == 60.0
+    grant = run_virtual(main(), clock=clock)
+    assert grant == Grant("default", (1.0, 20.0), 60.0, 60.0, both)
     assert clock.now() == 60.0
-    assert both.acquire_sync(count=[1, 10]) == 0.0
-    assert both.acquire_sync(count=[1, 990]) == 60.0
+    assert both.acquire_sync(count=[1, 10]) == Grant("default", (1.0, 10.0), 0.0, 60.0, both)
+    assert both.acquire_sync(count=[1, 990]) == Grant("default", (1.0, 990.0), 60.0, 120.0, both)
     assert clock.now() == 120.0
     with pytest.raises(RateLimitError) as caught:
         both.acquire_sync(count=[1, 100], timeout=1.0)
@@ -1440,9 +1518,8 @@ def test_sharded_union_never_exceeds_rate_for_one_key(algorithm: str, seed: int)
     stats = sharded.stats
     assert stats.admitted == len(events)
     assert stats.admitted_units == sum(units for _, units in events)
-    assert stats.rejected >= denied
+    assert stats.rejected == denied  # calls refused, not shard refusals
     assert stats.admitted == sum(s.stats.admitted for s in sharded.shards)
-    assert stats.rejected == sum(s.stats.rejected for s in sharded.shards)
 
 
 def test_one_key_spreads_over_every_shard() -> None:
@@ -1477,15 +1554,17 @@ def test_sharded_acquire_reserve_and_stats() -> None:
     """acquire, acquire_sync and reserve work through shards; stats are the shards' sums."""
     clock = VirtualClock()
     sharded = ShardedRateLimiter(4, 10.0, shards=2, clock=clock, rng=random.Random(3))
-    assert sharded.acquire_sync() == 0.0
-    assert run_virtual(sharded.acquire(), clock=clock) == 0.0
+    first = sharded.acquire_sync()
+    second = run_virtual(sharded.acquire(), clock=clock)
+    assert [(g.waited, g.admitted_at) for g in (first, second)] == [(0.0, 0.0), (0.0, 0.0)]
+    assert {id(first.limiter), id(second.limiter)} == {id(s) for s in sharded.shards}
     assert [s.remaining() for s in sharded.shards] == [1.0, 1.0]  # the roomier one was taken
     reservation = sharded.reserve()
     assert reservation.execute_at == 0.0
     reservation.wait_sync()
     assert sharded.try_acquire().allowed
     assert not sharded.try_acquire().allowed
-    assert sharded.acquire_sync() == 10.0
+    assert sharded.acquire_sync()[2:4] == (10.0, 10.0)  # (waited, admitted_at)
     assert clock.now() == 10.0
     stats = sharded.stats
     assert (stats.admitted, stats.admitted_units) == (5, 5.0)
@@ -1498,7 +1577,7 @@ def test_sharded_acquire_reserve_and_stats() -> None:
 def test_keys_are_independent(algorithm: str) -> None:
     """Exhausting one key leaves every other key untouched."""
     clock = VirtualClock()
-    limiter = RateLimiter(1, 10.0, algorithm, clock=clock)  # type: ignore[arg-type]
+    limiter = RateLimiter(1, 10.0, algorithm=algorithm, clock=clock)  # type: ignore[arg-type]
     assert limiter.try_acquire("a").allowed
     assert not limiter.try_acquire("a").allowed
     assert limiter.try_acquire("b").allowed
@@ -1510,7 +1589,7 @@ def test_keys_are_independent(algorithm: str) -> None:
 def test_idle_keys_are_forgotten(algorithm: str) -> None:
     """After the period, idle keys' states are swept: memory stays bounded under many keys."""
     clock = VirtualClock()
-    limiter = RateLimiter(1, 10.0, algorithm, clock=clock)  # type: ignore[arg-type]
+    limiter = RateLimiter(1, 10.0, algorithm=algorithm, clock=clock)  # type: ignore[arg-type]
     held = limiter.reserve("held", max_wait=math.inf)  # pending until 60.0: kept by sweeps
     assert not limiter.try_acquire("held").allowed
     for i in range(5000):
@@ -1534,7 +1613,13 @@ def test_threads_hammering_one_limiter_admit_exactly_the_rate(
     algorithm: str, burst: int | None
 ) -> None:
     """8 threads racing try_acquire on a real clock admit exactly rate units, no more, no less."""
-    limiter = RateLimiter(1000, 1e9, algorithm, burst, clock=SystemClock())  # type: ignore[arg-type]
+    limiter = RateLimiter(
+        1000,
+        1e9,
+        algorithm=algorithm,  # type: ignore[arg-type]
+        burst=burst,
+        clock=SystemClock(),
+    )
     barrier = threading.Barrier(8)
     admitted = [0] * 8
 
@@ -1560,10 +1645,11 @@ def test_stats_count_admissions_rejections_and_waits() -> None:
     clock = VirtualClock()
     limiter = RateLimiter(1, 5.0, clock=clock)
 
-    async def main() -> list[float]:
+    async def main() -> list[Grant]:
         return [await limiter.acquire(), await limiter.acquire()]
 
-    assert run_virtual(main(), clock=clock) == [0.0, 5.0]
+    grants = run_virtual(main(), clock=clock)
+    assert [(g.waited, g.admitted_at) for g in grants] == [(0.0, 0.0), (5.0, 5.0)]
     assert not limiter.try_acquire().allowed
     stats = limiter.stats
     assert isinstance(stats, LimiterStats)
@@ -1631,7 +1717,7 @@ class _LateClock(VirtualClock):
         self.lateness = lateness
         self.rng = random.Random(seed)
 
-    async def async_sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds + self.rng.uniform(0.0, self.lateness))
 
 
@@ -1670,7 +1756,7 @@ def test_an_on_time_waiter_rechecks_against_a_late_one() -> None:
     be three uses in [1.5, 2.5))."""
 
     class OneLateClock(VirtualClock):
-        async def async_sleep(self, seconds: float) -> None:
+        async def sleep(self, seconds: float) -> None:
             task = asyncio.current_task()
             late = 0.5 if task is not None and task.get_name() == "W1" else 0.0
             await asyncio.sleep(seconds + late)

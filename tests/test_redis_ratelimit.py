@@ -1,8 +1,10 @@
 """RedisRateLimiter against real Redis servers: scripts, leases, outages, many processes.
 
 Unit-level script tests run on the session's Redis (``redis_url``) with short periods, or with the
-scripts' time pinned to a VirtualClock (``_server_clock``) so they can be compared decision by
-decision with the local RateLimiter. Outage tests start their own ``redis-server`` on a free port
+scripts' time pinned to a VirtualClock (``pin``) so they can be compared decision by decision
+with the local RateLimiter. Where a test needs who decided (``source``) or the details of a
+refusal, it asks the limiter's decision flow directly (``detailed``): the public answers are a
+``RateLimitResult`` and a ``Grant``. Outage tests start their own ``redis-server`` on a free port
 and kill, restart or pause (SIGSTOP) it. The distributed and restart tests run real OS processes
 (``tests/_redis_worker.py``) for a few seconds of real time.
 """
@@ -10,6 +12,7 @@ and kill, restart or pause (SIGSTOP) it. The distributed and restart tests run r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import heapq
@@ -37,10 +40,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from flashkit._flow import run_sync
 from flashkit.clock import SystemClock, VirtualClock
 from flashkit.errors import RateLimitError, ValidationError
-from flashkit.ratelimit import Algorithm, RateLimiter
-from flashkit.redis_ratelimit import RedisDecision, RedisRateLimiter, _Eval, _Sleep
+from flashkit.ratelimit import Algorithm, Grant, RateLimiter, RedisRateLimiter
+from flashkit.ratelimit._redis_protocol import Decision, Eval, Sleep, constants
 
 WORKER = Path(__file__).with_name("_redis_worker.py")
 REPO = Path(__file__).resolve().parent.parent
@@ -74,10 +78,30 @@ def max_in_window(events: list[tuple[float, float]], period: float) -> float:
     return best
 
 
-def assert_counts_from_wake(decision: RedisDecision, due: float) -> None:
+def assert_counts_from_wake(grant: Grant, due: float) -> None:
     """A waiter's units count from its due time, or, when it confirmed on waking (provisional,
     late or an epoch check), from the server time it did so: a little later, never earlier."""
-    assert due <= decision.server_time <= due + WAKE_SLACK, (decision.server_time - due, due)
+    assert due <= grant.admitted_at <= due + WAKE_SLACK, (grant.admitted_at - due, due)
+
+
+def detailed(
+    limiter: RedisRateLimiter, key: str = "default", count: float = 1, *, wait: bool = False
+) -> Decision:
+    """``try_acquire`` (or with ``wait``, ``acquire_sync``) with where and when it was decided:
+    the decision flow both run, for its ``source`` (redis, lease, fallback) and ``server_time``."""
+    return limiter._decide_sync(key, float(count), None, wait)
+
+
+async def adetailed(
+    limiter: RedisRateLimiter, key: str = "default", count: float = 1, *, timeout: float = 0.0
+) -> Decision:
+    """``acquire`` with where and when it was decided (``timeout``: as acquire's)."""
+    return await limiter._decide_async(key, float(count), timeout, True)
+
+
+def pin(limiter: RedisRateLimiter, clock: VirtualClock) -> None:
+    """Run the limiter's scripts at ``clock``'s time (a stand-in for the server's TIME)."""
+    limiter._session.server_clock = clock.now
 
 
 def free_port() -> int:
@@ -363,7 +387,7 @@ async def test_count_too_large_is_a_validation_error_before_any_round_trip() -> 
     """Like the local limiter: a count the limit can never grant is not retryable."""
     closed = f"redis://127.0.0.1:{free_port()}/0"
     sliding = RedisRateLimiter(closed, 5, 1.0)
-    bucket = RedisRateLimiter(closed, 5, 1.0, "token_bucket", burst=2)
+    bucket = RedisRateLimiter(closed, 5, 1.0, algorithm="token_bucket", burst=2)
     for call in (
         lambda: sliding.try_acquire(count=6),
         lambda: sliding.acquire_sync(count=5.5),
@@ -382,6 +406,49 @@ async def test_count_too_large_is_a_validation_error_before_any_round_trip() -> 
     assert sliding.round_trips == bucket.round_trips == 0
     await sliding.aclose()
     bucket.close()
+
+
+@run_async
+async def test_the_limiter_protocol(redis_url: str, prefix: str) -> None:
+    """What every Limiter offers: ``acquire`` returns a Grant (this limiter's, with the wait and
+    the server time its units count at); ``acquire(timeout=0)`` is the async attempt that never
+    waits; ``adjust`` settles a Grant (not another limiter's) or a key with its estimate;
+    ``remaining`` is what this process holds without a round trip; ``observe_limits`` is
+    ignored. ``algorithm`` and ``burst`` are keyword-only."""
+    limiter = RedisRateLimiter(redis_url, 2, 1.0, key_prefix=prefix)
+    other = RedisRateLimiter(redis_url, 2, 1.0, key_prefix=prefix, name="other")
+    try:
+        send = time.time()
+        grant = await limiter.acquire("k", 2)
+        assert (grant.key, grant.count, grant.waited, grant.limiter) == ("k", 2.0, 0.0, limiter)
+        assert send - TOL <= grant.admitted_at <= time.time() + TOL
+        trips = limiter.round_trips
+        assert limiter.remaining("k") == 0.0  # no lease: what is left is only known on Redis
+        limiter.observe_limits(None, status=429, retry_after=5.0)
+        assert limiter.round_trips == trips
+        started = time.monotonic()
+        with pytest.raises(RateLimitError) as info:
+            await limiter.acquire("k", timeout=0)
+        assert time.monotonic() - started < 0.5  # refused at once
+        assert info.value.code == "timeout"
+        assert info.value.retry_after is not None
+        assert 0.5 < info.value.retry_after <= 1.0
+        with pytest.raises(ValidationError) as wrong:
+            await other.adjust(grant, 0)
+        assert wrong.value.code == "invalid_grant"
+        with pytest.raises(ValidationError, match="estimated_count"):
+            await limiter.adjust("k", 0)
+        assert await limiter.adjust(grant, 1) == -1.0
+        again = await limiter.acquire("k", timeout=0)  # the refunded unit, at once
+        assert again.waited == 0.0
+        stats = limiter.stats
+        assert (stats.admitted, stats.admitted_units, stats.rejected) == (2, 3.0, 1)
+        assert stats.refunded_units == 1.0
+    finally:
+        await limiter.aclose()
+        await other.aclose()
+    with pytest.raises(TypeError):
+        RedisRateLimiter(redis_url, 2, 1.0, "gcra")  # type: ignore[misc]
 
 
 def test_async_client_follows_the_event_loop(redis_url: str, prefix: str) -> None:
@@ -448,15 +515,15 @@ def test_scripts_decide_exactly_like_the_local_limiter(
     decision, wait and reservation time (server time pinned to a VirtualClock)."""
     rng = random.Random(f"{algorithm}{burst}")
     local_clock, remote_clock = VirtualClock(5000.0), VirtualClock(5000.0)
-    local = RateLimiter(5, 1.0, algorithm, burst, clock=local_clock)
+    local = RateLimiter(5, 1.0, algorithm=algorithm, burst=burst, clock=local_clock)
     remote = RedisRateLimiter(
-        redis_url, 5, 1.0, algorithm, burst, key_prefix=prefix, clock=remote_clock
+        redis_url, 5, 1.0, algorithm=algorithm, burst=burst, key_prefix=prefix, clock=remote_clock
     )
-    remote._server_clock = remote_clock.now
+    pin(remote, remote_clock)
     largest = int(local.max_count)
     outcomes = {"admitted": 0, "refused": 0, "waited": 0}
     try:
-        for _ in range(250):
+        for i in range(250):
             step = rng.choice([0, 1, 2, 4, 8, 16, 32]) / 64  # a binary grid: no rounding
             local_clock.advance(step)
             remote_clock.advance(step)
@@ -464,32 +531,33 @@ def test_scripts_decide_exactly_like_the_local_limiter(
             n = rng.randint(1, largest)
             if rng.random() < 0.6:
                 want = local.try_acquire(key, n)
-                got = remote.try_acquire_detailed(key, n)
+                # the public answer, and every other time the decision behind it
+                got = remote.try_acquire(key, n) if i % 2 else detailed(remote, key, n)
                 assert got.allowed == want.allowed
                 assert got.retry_after == pytest.approx(want.retry_after, abs=1e-9)
                 assert got.remaining == pytest.approx(want.remaining, abs=1e-9)
                 assert got.reset_at == pytest.approx(want.reset_at, abs=1e-9)
-                if got.allowed:
+                if isinstance(got, Decision) and got.allowed:
                     assert got.server_time == remote_clock.now()
                 outcomes["admitted" if got.allowed else "refused"] += 1
             else:
                 timeout = rng.choice([None, 0.0, 0.25, 1.0])
                 expected: RateLimitError | None = None
                 try:
-                    waited = local.acquire_sync(key, n, timeout)
+                    waited = local.acquire_sync(key, n, timeout=timeout).waited
                 except RateLimitError as error:
                     expected = error
                 if expected is not None:
                     with pytest.raises(RateLimitError) as info:
-                        remote.acquire_detailed_sync(key, n, timeout)
+                        remote.acquire_sync(key, n, timeout=timeout)
                     assert info.value.code == expected.code == "timeout"
                     assert info.value.retry_after == pytest.approx(expected.retry_after, abs=1e-9)
                     outcomes["refused"] += 1
                 else:
-                    got = remote.acquire_detailed_sync(key, n, timeout)
-                    assert got.allowed
-                    assert got.waited == pytest.approx(waited, abs=1e-9)
-                    assert got.server_time == pytest.approx(local_clock.now(), abs=1e-9)
+                    grant = remote.acquire_sync(key, n, timeout=timeout)
+                    assert (grant.key, grant.count, grant.limiter) == (key, n, remote)
+                    assert grant.waited == pytest.approx(waited, abs=1e-9)
+                    assert grant.admitted_at == pytest.approx(local_clock.now(), abs=1e-9)
                     outcomes["waited" if waited else "admitted"] += 1
             # Waits computed in Lua and in Python may differ by an ulp: line the clocks up again
             # (y - x is exact for close floats, so x + (y - x) == y).
@@ -507,11 +575,21 @@ def test_scripts_decide_exactly_like_the_local_limiter(
 def test_gcra_and_token_bucket_decide_alike(redis_url: str, prefix: str) -> None:
     rng = random.Random(11)
     clock = VirtualClock(100.0)
-    gcra = RedisRateLimiter(redis_url, 4, 1.0, "gcra", 3, key_prefix=prefix, name="g", clock=clock)
-    bucket = RedisRateLimiter(
-        redis_url, 4, 1.0, "token_bucket", 3, key_prefix=prefix, name="b", clock=clock
+    gcra = RedisRateLimiter(
+        redis_url, 4, 1.0, algorithm="gcra", burst=3, key_prefix=prefix, name="g", clock=clock
     )
-    gcra._server_clock = bucket._server_clock = clock.now
+    bucket = RedisRateLimiter(
+        redis_url,
+        4,
+        1.0,
+        algorithm="token_bucket",
+        burst=3,
+        key_prefix=prefix,
+        name="b",
+        clock=clock,
+    )
+    pin(gcra, clock)
+    pin(bucket, clock)
     allowed = 0
     try:
         for _ in range(200):
@@ -538,8 +616,10 @@ def test_state_keys_expire_but_outlive_what_they_hold(
     rng = random.Random(5)
     clock = VirtualClock(1000.0)
     burst = None if algorithm == "sliding_window" else 5
-    limiter = RedisRateLimiter(redis_url, 10, 1.0, algorithm, burst, key_prefix=prefix, clock=clock)
-    limiter._server_clock = clock.now
+    limiter = RedisRateLimiter(
+        redis_url, 10, 1.0, algorithm=algorithm, burst=burst, key_prefix=prefix, clock=clock
+    )
+    pin(limiter, clock)
     tag = f"{{{prefix}:redis}}:default"
     keys = [f"{tag}:log", f"{tag}:st"] if algorithm == "sliding_window" else [f"{tag}:st"]
     client = plain_client(redis_url)
@@ -576,34 +656,39 @@ def pinned(redis_url: str, prefix: str, *args: Any, **kwargs: Any) -> RedisRateL
     """A limiter whose scripts run at a VirtualClock's time (its ``clock``)."""
     clock = VirtualClock(100.0)
     limiter = RedisRateLimiter(redis_url, *args, key_prefix=prefix, clock=clock, **kwargs)
-    limiter._server_clock = clock.now
+    pin(limiter, clock)
     return limiter
 
 
 def test_adjust_refunds_the_callers_own_grant_when_told_when(redis_url: str, prefix: str) -> None:
     """As RateLimiter.adjust: 6 units at 100 s, an estimate of 4 at 100.5 s reconciled to 1.
-    Told when it was admitted, the refund comes from that grant (at 101.05 s, once the 6 left,
-    9 fit); without, from the oldest units (the 6, which leave anyway: 9 do not fit)."""
+    Given the Grant, or the key and when it was admitted, the refund comes from that grant (at
+    101.05 s, once the 6 left, 9 fit); with the key alone, from the oldest units (the 6, which
+    leave anyway: 9 do not fit)."""
     outcomes = {}
-    for told in (True, False):
-        limiter = pinned(redis_url, f"{prefix}:{told}", 10, 1.0)
+    for how in ("grant", "grant rebuilt", "key"):
+        limiter = pinned(redis_url, f"{prefix}:{how}", 10, 1.0)
         clock = limiter.clock
         assert isinstance(clock, VirtualClock)
         try:
             assert limiter.try_acquire(count=6).allowed
             clock.advance(0.5)
-            decision = limiter.try_acquire_detailed(count=4)
-            assert decision.allowed
-            assert decision.server_time == 100.5
+            grant = limiter.acquire_sync(count=4, timeout=0)
+            assert (grant.admitted_at, grant.waited) == (100.5, 0.0)
             clock.advance(0.1)
-            at = 100.5 if told else None
-            assert limiter.adjust("default", 1, estimated_count=4, admitted_at=at) == -3
+            if how == "grant":
+                assert limiter.adjust_sync(grant, 1) == -3
+            elif how == "grant rebuilt":  # key, estimate and server time: all it carries
+                rebuilt = Grant("default", 4, 0.0, grant.admitted_at, limiter)
+                assert limiter.adjust_sync(rebuilt, 1) == -3
+            else:
+                assert limiter.adjust_sync("default", 1, estimated_count=4) == -3
             clock.advance(0.45)
-            outcomes[told] = limiter.try_acquire(count=9).allowed
+            outcomes[how] = limiter.try_acquire(count=9).allowed
         finally:
             limiter.close()
         assert limiter.stats.refunded_units == 3.0
-    assert outcomes == {True: True, False: False}
+    assert outcomes == {"grant": True, "grant rebuilt": True, "key": False}
 
 
 def test_adjust_never_takes_from_later_grants_leases_or_reservations(
@@ -613,27 +698,27 @@ def test_adjust_never_takes_from_later_grants_leases_or_reservations(
     clock = limiter.clock
     assert isinstance(clock, VirtualClock)
     try:
-        assert limiter.try_acquire(count=4).allowed  # the caller's, at 100 s
+        grant = limiter.acquire_sync(count=4, timeout=0)  # the caller's, at 100 s
         clock.advance(0.5)
         assert limiter.try_acquire(count=5).allowed  # someone else's, later
-        assert limiter.adjust("default", 0, estimated_count=4, admitted_at=100.0) == -4
+        assert limiter.adjust_sync(grant, 0) == -4
         assert [float(m.split(":")[1]) for m in log_members(redis_url, prefix)] == [5.0]
         # only later units in reach: nothing to take, forfeited
-        limiter.adjust("default", 0, estimated_count=2, admitted_at=100.2)
+        limiter.adjust_sync(Grant("default", 2, 0.0, 100.2, limiter), 0)
         assert limiter.stats.forfeited_units == 2.0
-        # a charge: a new entry now
-        assert limiter.adjust("default", 3, estimated_count=1) == 2
+        # a charge: a new entry now (the async twin, on its own event loop)
+        assert asyncio.run(limiter.adjust("default", 3, estimated_count=1)) == 2
         assert not limiter.try_acquire(count=4).allowed  # 5 + 2 in the window: 3 left
         assert limiter.try_acquire(count=3).allowed
-        with pytest.raises(ValidationError, match="admitted_at"):
-            limiter.adjust("default", 0, estimated_count=1, admitted_at="soon")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="estimated_count"):
+            limiter.adjust_sync("default", 0)
     finally:
         limiter.close()
 
     leased = pinned(redis_url, f"{prefix}:lease", 100, 1.0, lease=10)
     try:
-        assert leased.try_acquire().allowed  # a lease of 10 ('^'): used before its score
-        assert leased.adjust("default", 0, estimated_count=1) == -1
+        grant = leased.acquire_sync()  # a lease of 10 ('^'): used before its score
+        assert leased.adjust_sync(grant, 0) == -1
         assert leased.stats.forfeited_units == 1.0  # the lease's units are not refundable
     finally:
         leased.close()
@@ -643,14 +728,14 @@ def test_adjust_never_takes_from_later_grants_leases_or_reservations(
 def test_bucket_adjust_charges_but_forfeits_refunds(
     redis_url: str, prefix: str, algorithm: Algorithm
 ) -> None:
-    limiter = pinned(redis_url, prefix, 10, 1.0, algorithm, 5)
+    limiter = pinned(redis_url, prefix, 10, 1.0, algorithm=algorithm, burst=5)
     trips = limiter.round_trips
     try:
-        assert limiter.try_acquire(count=2).allowed
-        assert limiter.adjust("default", 1, estimated_count=2) == -1
+        grant = limiter.acquire_sync(count=2, timeout=0)
+        assert limiter.adjust_sync(grant, 1) == -1
         assert limiter.stats.forfeited_units == 1.0
         assert limiter.round_trips == trips + 1  # a refund costs no round trip
-        assert limiter.adjust("default", 4, estimated_count=1) == 3  # 2 + 3 = 5: empty
+        assert limiter.adjust_sync("default", 4, estimated_count=1) == 3  # 2 + 3 = 5: empty
         assert not limiter.try_acquire().allowed
     finally:
         limiter.close()
@@ -676,23 +761,18 @@ async def test_random_patterns_never_exceed_the_rate_in_any_window(
         while time.time() < end:
             n = rng.randint(1, 3)
             send = time.time()
-            if seed < 4:
-                decision = await limiter.try_acquire_detailed_async(count=n)
-            else:
-                timeout = rng.choice([0.0, 0.1, 0.3])
-                try:
-                    decision = await limiter.acquire_detailed(count=n, timeout=timeout)
-                except RateLimitError as error:
-                    refusals.append(error)
-                    kinds["refused"] += 1
-                    continue
-            receive = time.time()
-            if decision.allowed:
-                assert send - TOL <= decision.server_time <= receive + TOL
-                admitted.append((decision.server_time, n))
-                kinds["waited" if decision.waited else "at once"] += 1
-            else:
+            # tasks 0-3 try (the async way: timeout=0), the others wait up to a timeout
+            timeout = 0.0 if seed < 4 else rng.choice([0.0, 0.1, 0.3])
+            try:
+                grant = await limiter.acquire(count=n, timeout=timeout)
+            except RateLimitError as error:
+                refusals.append(error)
                 kinds["refused"] += 1
+            else:
+                receive = time.time()
+                assert send - TOL <= grant.admitted_at <= receive + TOL
+                admitted.append((grant.admitted_at, n))
+                kinds["waited" if grant.waited else "at once"] += 1
             await asyncio.sleep(rng.random() * (0.02 if seed < 4 else 0.15))
 
     try:
@@ -712,20 +792,19 @@ async def test_random_patterns_never_exceed_the_rate_in_any_window(
 
 def test_sync_admits_rate_then_refuses_with_retry_after(redis_url: str, prefix: str) -> None:
     with RedisRateLimiter(redis_url, 3, 0.4, key_prefix=prefix) as limiter:
-        first = limiter.try_acquire_detailed()
+        first = limiter.try_acquire()
         assert first.allowed
         assert first.remaining == 2.0
         assert limiter.try_acquire(count=2).allowed
-        refused = limiter.try_acquire_detailed()
+        refused = limiter.try_acquire()
         assert not refused.allowed
-        assert math.isnan(refused.server_time)
         assert 0.0 < refused.retry_after <= 0.4
-        assert isinstance(refused, RedisDecision)
+        assert math.isnan(detailed(limiter).server_time)  # refused: it counts at no time
         assert limiter.try_acquire("other key").allowed  # keys are independent
-        waited = limiter.acquire_sync()
+        waited = limiter.acquire_sync().waited
         assert 0.0 < waited <= 0.4
         stats = limiter.stats
-    assert (stats.admitted, stats.admitted_units, stats.rejected) == (4, 5.0, 1)
+    assert (stats.admitted, stats.admitted_units, stats.rejected) == (4, 5.0, 2)
     assert stats.waited == 1
 
 
@@ -735,10 +814,8 @@ async def test_fifo_waiter_gets_first_entry_plus_period_and_blocks_try_acquire(
 ) -> None:
     limiter = RedisRateLimiter(redis_url, 2, 0.4, key_prefix=prefix)
     try:
-        first = await limiter.try_acquire_detailed_async()
-        second = await limiter.try_acquire_detailed_async()
-        assert first.allowed
-        assert second.allowed
+        first = await limiter.acquire(timeout=0)
+        await limiter.acquire(timeout=0)
         started = time.monotonic()
         with pytest.raises(RateLimitError) as info:
             await limiter.acquire(timeout=0.1)  # its wait is ~0.4 s: refused at once
@@ -746,15 +823,17 @@ async def test_fifo_waiter_gets_first_entry_plus_period_and_blocks_try_acquire(
         assert info.value.retryable
         assert info.value.retry_after == pytest.approx(0.4, abs=0.05)
         assert time.monotonic() - started < 0.1
-        waiter = asyncio.create_task(limiter.acquire_detailed())
+        waiter = asyncio.create_task(limiter.acquire())
         await apoll(lambda: len(log_members(redis_url, prefix)) == 3, 5, "the reservation")
-        late = await limiter.try_acquire_detailed_async()
-        assert not late.allowed  # never jumps the queue, although the window will have room
-        assert late.retry_after > 0.0
+        with pytest.raises(RateLimitError) as late:  # never jumps the queue, although the
+            await limiter.acquire(timeout=0)  # window will have room when its turn comes
+        assert late.value.code == "timeout"
+        assert late.value.retry_after is not None
+        assert late.value.retry_after > 0.0
         queued = await waiter
         # due at exactly first entry + period; reserved a period ahead, it is provisional: it
         # confirms on waking and counts from the server time it did (a few ms later)
-        assert_counts_from_wake(queued, first.server_time + 0.4)
+        assert_counts_from_wake(queued, first.admitted_at + 0.4)
         assert queued.waited > 0.3
     finally:
         await limiter.aclose()
@@ -764,8 +843,8 @@ async def test_fifo_waiter_gets_first_entry_plus_period_and_blocks_try_acquire(
 async def test_cancelled_waiter_gives_its_capacity_back(redis_url: str, prefix: str) -> None:
     limiter = RedisRateLimiter(redis_url, 2, 0.5, key_prefix=prefix)
     try:
-        first = await limiter.try_acquire_detailed_async()
-        assert (await limiter.try_acquire_async()).allowed
+        first = await limiter.acquire(timeout=0)
+        await limiter.acquire(timeout=0)
         waiter = asyncio.create_task(limiter.acquire())
         await apoll(lambda: len(log_members(redis_url, prefix)) == 3, 5, "the reservation")
         waiter.cancel()
@@ -774,17 +853,17 @@ async def test_cancelled_waiter_gives_its_capacity_back(redis_url: str, prefix: 
         assert len(log_members(redis_url, prefix)) == 2
         assert float(state(redis_url, prefix)["total"]) == 2.0
         assert limiter.stats.refunded_units == 1.0
-        taken = await limiter.acquire_detailed()  # the freed slot, not one after it
-        assert_counts_from_wake(taken, first.server_time + 0.5)
+        taken = await limiter.acquire()  # the freed slot, not one after it
+        assert_counts_from_wake(taken, first.admitted_at + 0.5)
     finally:
         await limiter.aclose()
 
 
 @run_async
 async def test_bucket_refunds_only_the_latest_grant(redis_url: str, prefix: str) -> None:
-    limiter = RedisRateLimiter(redis_url, 4, 1.0, "gcra", key_prefix=prefix)
+    limiter = RedisRateLimiter(redis_url, 4, 1.0, algorithm="gcra", key_prefix=prefix)
     try:
-        assert (await limiter.try_acquire_async()).allowed
+        await limiter.acquire(timeout=0)
         older = asyncio.create_task(limiter.acquire())
         await apoll(lambda: limiter.round_trips == 2, 5, "the first reservation")
         newer = asyncio.create_task(limiter.acquire())
@@ -809,14 +888,14 @@ class CountingScript:
 
 
 def count_calls(limiter: RedisRateLimiter) -> list[CountingScript]:
-    counters = [CountingScript() for _ in limiter._sync_line().scripts]
-    real = limiter._eval_sync
+    counters = [CountingScript() for _ in limiter._lines.scripts]
+    real = limiter._lines.eval_sync
 
     def counting(op: Any) -> Any:
         counters[op.script].calls += 1
         return real(op)
 
-    limiter._eval_sync = counting  # type: ignore[method-assign]
+    limiter._lines.eval_sync = counting  # type: ignore[method-assign]
     return counters
 
 
@@ -824,7 +903,7 @@ def test_lease_takes_many_units_per_round_trip(redis_url: str, prefix: str) -> N
     limiter = RedisRateLimiter(redis_url, 1000, 1.0, key_prefix=prefix, lease=20)
     scripts = count_calls(limiter)
     try:
-        sources = [limiter.try_acquire_detailed().source for _ in range(100)]
+        sources = [detailed(limiter).source for _ in range(100)]
     finally:
         limiter.close()
     calls = sum(s.calls for s in scripts)
@@ -836,16 +915,20 @@ def test_lease_takes_many_units_per_round_trip(redis_url: str, prefix: str) -> N
 def test_unused_lease_units_are_given_back(redis_url: str, prefix: str) -> None:
     limiter = RedisRateLimiter(redis_url, 100, 1.0, key_prefix=prefix, lease=10)
     scripts = count_calls(limiter)
+    assert limiter.remaining() == 0.0  # nothing this process can admit without asking
     for _ in range(3):
         assert limiter.try_acquire().allowed
     assert scripts[0].calls == 1
+    assert (limiter.remaining(), limiter.remaining("other")) == (7.0, 0.0)  # the lease's rest
     [lease] = log_members(redis_url, prefix)
     assert lease.endswith(":10")  # charged as one entry of 10 units
     assert float(state(redis_url, prefix)["tail"]) == 0.0  # a lease is not a queued reservation
-    held = limiter._leases["default"][0]
-    poll(lambda: limiter._now() >= held.until, 1.0, "the lease to expire")
+    held = limiter._leases.held["default"][0]
+    poll(lambda: limiter.clock.now() >= held.until, 1.0, "the lease to expire")
+    assert limiter.remaining() == 0.0  # expired: its units are not this process's any more
     assert limiter.try_acquire().allowed  # this round trip also returns the 7 unused units
     assert scripts[0].calls == 2
+    assert limiter.remaining() == 9.0
     members = log_members(redis_url, prefix)
     assert lease.rsplit(":", 1)[0] + ":3.0" in members  # the entry now holds what was used
     assert float(state(redis_url, prefix)["total"]) == 13.0  # 3 used + the new lease of 10
@@ -873,7 +956,7 @@ async def test_leased_admissions_stay_within_the_rate(redis_url: str, prefix: st
             if send >= end:
                 return
             try:
-                decision = await limiter.acquire_detailed(timeout=end - send)
+                decision = await adetailed(limiter, timeout=end - send)
             except RateLimitError:
                 return
             receive = time.time()
@@ -895,7 +978,7 @@ async def test_leased_admissions_stay_within_the_rate(redis_url: str, prefix: st
 # A waiter the event loop wakes late must not count at its due time while the next window's
 # grants go out on time. These tests drive the limiter's decision flows (the generators both
 # drivers run) in virtual time, so lateness is exact: scripts run on real Redis at the virtual
-# time (``_server_clock``), a sleep is a timer that fires ``late(task, k)`` seconds late, and a
+# time (``pin``), a sleep is a timer that fires ``late(task, k)`` seconds late, and a
 # task uses its units at the virtual time its flow returns.
 def virtual_limiters(
     url: str,
@@ -912,10 +995,11 @@ def virtual_limiters(
     limiters = []
     for _ in range(count):
         limiter = RedisRateLimiter(url, rate, 1.0, key_prefix=prefix, clock=clock, **options)
-        limiter._server_clock = clock.now
-        if not confirm:
-            limiter._tolerance, limiter._margin = 1e18, -1e18
-            limiter._sources = limiter._script_sources()
+        pin(limiter, clock)
+        if not confirm:  # in the flows' judgement and in the scripts' constants
+            off = dataclasses.replace(limiter.settings, tolerance=1e18, margin=-1e18)
+            limiter._flows.settings = off
+            limiter._session.constants = constants(off)
         limiters.append(limiter)
     return limiters
 
@@ -944,16 +1028,16 @@ def run_in_virtual_time(
         clock.advance(max(0.0, when - clock.now()))
         limiter = limiters[i % len(limiters)]
         if flows[i] is None:
-            flows[i], wakes[i] = limiter._decide("default", 1.0, None, True), math.nan
+            flows[i], wakes[i] = limiter._flows.decide("default", 1.0, None, True), math.nan
         else:
             wakes[i] = clock.now()
         flow, reply = flows[i], replies[i]
         try:
             op = flow.send(reply)
-            while isinstance(op, _Eval):
-                op = flow.send(limiter._eval_sync(op))
+            while isinstance(op, Eval):
+                op = flow.send(limiter._lines.eval_sync(op))
         except StopIteration as stop:
-            decision: RedisDecision = stop.value
+            decision: Decision = stop.value
             assert decision.allowed
             admissions.append((decision.server_time, clock.now(), wakes[i]))
             flows[i] = None
@@ -961,7 +1045,7 @@ def run_in_virtual_time(
             if left[i]:
                 heapq.heappush(heap, (clock.now(), next(order), i))  # at once, again
             continue
-        assert isinstance(op, _Sleep)
+        assert isinstance(op, Sleep)
         replies[i] = None
         heapq.heappush(heap, (clock.now() + op.seconds + late(i, sleeps[i]), next(order), i))
         sleeps[i] += 1
@@ -1001,7 +1085,7 @@ def test_late_wakeups_count_from_when_they_really_go(
     clock = VirtualClock(1000.0)
     limiters = virtual_limiters(redis_url, prefix, clock, 2)
     tolerance = LATE
-    assert limiters[0]._tolerance == tolerance  # max(2 ms, period / 1024)
+    assert limiters[0].settings.tolerance == tolerance  # max(2 ms, period / 1024)
     try:
         admissions = run_in_virtual_time(
             limiters, clock, [(0.0, 12)] * tasks, seeded_lateness(7, tolerance)
@@ -1016,7 +1100,7 @@ def test_late_wakeups_count_from_when_they_really_go(
             assert server_time >= woke - tolerance  # counts from (about) when it woke
     assert max_in_window([(s, 1.0) for s, _, _ in admissions], 1.0) <= 5
     assert max_in_window([(u, 1.0) for _, u, _ in admissions], 1.0 - tolerance) <= 5
-    wakes = [sum(limiter._wakes[i] for limiter in limiters) for i in range(5)]
+    wakes = [sum(limiter._flows.wakes[i] for limiter in limiters) for i in range(5)]
     assert wakes[2] > 0, wakes  # some moved to when they woke
     if tasks == 12:
         assert wakes[3] > 0, wakes  # and some had to wait a little more (a full window)
@@ -1047,7 +1131,7 @@ def test_on_time_waiters_cost_no_extra_round_trip(redis_url: str, prefix: str) -
         waiters = sum(not math.isnan(w) for _, _, w in on_time)
         assert waiters >= 10
         assert limiter.round_trips == len(arrivals)
-        assert limiter._wakes == [waiters, 0, 0, 0, 0]  # none asked again
+        assert limiter._flows.wakes == [waiters, 0, 0, 0, 0]  # none asked again
         assert [s for s, _, _ in on_time] == [u for _, u, _ in on_time]
 
         trips = limiter.round_trips
@@ -1062,7 +1146,7 @@ def test_on_time_waiters_cost_no_extra_round_trip(redis_url: str, prefix: str) -
     finally:
         limiter.close()
     assert limiter.round_trips == trips + 7 + 1
-    assert limiter._wakes == [waiters + 1, 0, 1, 0, 0]  # one moved to its wake; one on time
+    assert limiter._flows.wakes == [waiters + 1, 0, 1, 0, 0]  # one moved to its wake; one on time
     by_wake = {round(w - start, 6): s - start for s, _, w in late if not math.isnan(w)}
     assert by_wake == {1.25: pytest.approx(1.25), 1.0: pytest.approx(1.0)}
 
@@ -1104,11 +1188,11 @@ class LateClock(SystemClock):
     def _extra(self) -> float:
         return self.lateness.pop(0) if self.lateness else 0.0
 
-    def sleep(self, seconds: float) -> None:
+    def sleep_sync(self, seconds: float) -> None:
         time.sleep(seconds + self._extra())
         self.woke[threading.get_ident()] = time.time()
 
-    async def async_sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds + self._extra())
         self.woke[asyncio.current_task()] = time.time()
 
@@ -1128,23 +1212,23 @@ async def test_late_async_waiters_count_from_their_wake(redis_url: str, prefix: 
     async def task() -> None:
         for _ in range(2):
             clock.woke.pop(asyncio.current_task(), None)
-            decision = await limiter.acquire_detailed()
+            grant = await limiter.acquire()
             used = time.time()
             woke = clock.woke.get(asyncio.current_task())
             assert woke is not None  # every one of them waited
-            assert woke - slack <= decision.server_time <= used + TOL
-            admitted.append((decision.server_time, used))
+            assert woke - slack <= grant.admitted_at <= used + TOL
+            admitted.append((grant.admitted_at, used))
 
     try:
         for _ in range(4):
-            now = await limiter.try_acquire_detailed_async()
-            assert now.allowed
-            admitted.append((now.server_time, time.time()))
+            now = await limiter.acquire(timeout=0)
+            admitted.append((now.admitted_at, time.time()))
         await asyncio.gather(*(task() for _ in range(4)))
     finally:
         await limiter.aclose()
     assert not clock.lateness  # both late wakes happened
-    assert limiter._wakes[2] + limiter._wakes[3] >= 2  # the late ones moved (or queued again)
+    wakes = limiter._flows.wakes
+    assert wakes[2] + wakes[3] >= 2  # the late ones moved (or queued again)
     assert max_in_window([(s, 1.0) for s, _ in admitted], 0.5) <= 4
     assert max_in_window([(u, 1.0) for _, u in admitted], 0.5 - 0.03) <= 4
 
@@ -1152,14 +1236,14 @@ async def test_late_async_waiters_count_from_their_wake(redis_url: str, prefix: 
 def test_a_late_sync_waiter_counts_from_its_wake(redis_url: str, prefix: str) -> None:
     clock = LateClock([0.1])
     with RedisRateLimiter(redis_url, 2, 0.3, key_prefix=prefix, clock=clock) as limiter:
-        first = limiter.try_acquire_detailed()
+        first = limiter.acquire_sync(timeout=0)
         assert limiter.try_acquire().allowed
-        late = limiter.acquire_detailed_sync()
+        late = limiter.acquire_sync()
         used = time.time()
         woke = clock.woke[threading.get_ident()]
-        assert first.server_time + 0.3 + 0.09 < woke  # woken 100 ms after its due time
-        assert woke - LATE - TOL <= late.server_time <= used + TOL
-        assert limiter._wakes[2] == 1  # moved to when it woke, in one round trip
+        assert first.admitted_at + 0.3 + 0.09 < woke  # woken 100 ms after its due time
+        assert woke - LATE - TOL <= late.admitted_at <= used + TOL
+        assert limiter._flows.wakes[2] == 1  # moved to when it woke, in one round trip
 
 
 @pytest.mark.parametrize(("algorithm", "burst"), [("gcra", None), ("token_bucket", 1)])
@@ -1170,14 +1254,14 @@ def test_bucket_waiters_keep_their_schedule_when_late(
     not move the grant, so lateness can compress the spacing of uses by as much."""
     clock = LateClock([0.1])
     with RedisRateLimiter(
-        redis_url, 4, 1.0, algorithm, burst, key_prefix=prefix, clock=clock
+        redis_url, 4, 1.0, algorithm=algorithm, burst=burst, key_prefix=prefix, clock=clock
     ) as limiter:
-        first = limiter.try_acquire_detailed()
-        late = limiter.acquire_detailed_sync()
+        first = limiter.acquire_sync(timeout=0)
+        late = limiter.acquire_sync()
         woke = clock.woke[threading.get_ident()]
-    assert late.server_time == pytest.approx(first.server_time + 0.25, abs=1e-6)  # its due time
-    assert woke - late.server_time > 0.09
-    assert limiter._wakes == [0, 0, 0, 0, 0]
+    assert late.admitted_at == pytest.approx(first.admitted_at + 0.25, abs=1e-6)  # its due time
+    assert woke - late.admitted_at > 0.09
+    assert limiter._flows.wakes == [0, 0, 0, 0, 0]
 
 
 # --- outages --------------------------------------------------------------------------------
@@ -1245,22 +1329,22 @@ def test_local_fallback_holds_admits_its_share_then_replays(
         assert all(limiter.try_acquire().allowed for _ in range(3))
         own_redis.pause()
         try:
-            held = limiter.try_acquire_detailed()
+            held = detailed(limiter)
             hold_ends = time.monotonic() + held.retry_after
             assert (held.allowed, held.source) == (False, "fallback")
             assert 0.4 < held.retry_after <= 0.55  # hold = period + grace
             assert not limiter.available
-            local = limiter.acquire_detailed_sync()  # waits out the hold, probing meanwhile
+            local = detailed(limiter, wait=True)  # waits out the hold, probing meanwhile
             assert (local.allowed, local.source) == (True, "fallback")
             assert time.monotonic() >= hold_ends
             assert local.waited > 0.0
-            more = [limiter.try_acquire_detailed() for _ in range(6)]
+            more = [detailed(limiter) for _ in range(6)]
             assert [d.allowed for d in more] == [True] * 4 + [False] * 2  # floor(10 / 2) = 5
             assert {d.source for d in more} == {"fallback"}
         finally:
             own_redis.resume()
         back = poll(
-            lambda: (d := limiter.try_acquire_detailed()).source == "redis" and d,
+            lambda: (d := detailed(limiter)).source == "redis" and d,
             5.0,
             "Redis decisions again",
             interval=0.02,
@@ -1277,6 +1361,34 @@ def test_local_fallback_holds_admits_its_share_then_replays(
     assert len(warnings) == 1  # once per outage
     assert f"127.0.0.1:{own_redis.port}" in warnings[0].getMessage()
     assert any("replayed 5" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("algorithm", ["gcra", "token_bucket"])
+def test_a_bucket_replays_its_local_admissions_when_the_server_answers_again(
+    redis_url: str, prefix: str, algorithm: Algorithm
+) -> None:
+    """The resume scripts of the buckets: the units a process admitted on its local share
+    during an outage are spent in the shared bucket too once it is back (server time pinned:
+    the replay lands exactly where the local admissions were)."""
+    limiter = pinned(
+        redis_url, prefix, 10, 1.0, algorithm=algorithm, burst=5, on_unavailable="local_fallback"
+    )
+    try:
+        first = limiter.try_acquire()  # the epoch is known: what follows is a later outage
+        assert first.remaining == pytest.approx(4.0)
+        outage = limiter._outage
+        outage.down = True  # as if the server had not answered meanwhile
+        now = limiter.clock.now()
+        outage.replays.extend([(now, "default", 2.0), (now, "default", 1.0)])
+        run_sync(outage.resume("default"), limiter._perform_sync)
+        assert limiter.available
+        assert not outage.replays
+        last = limiter.try_acquire()  # 5 - 1 - 3 replayed: one unit left
+        assert last.allowed
+        assert last.remaining == pytest.approx(0.0, abs=1e-9)
+        assert not limiter.try_acquire().allowed
+    finally:
+        limiter.close()
 
 
 def test_recovered_process_leaves_room_for_one_still_on_its_local_share(
@@ -1304,9 +1416,9 @@ def test_recovered_process_leaves_room_for_one_still_on_its_local_share(
     a, b = process(), process()
     admitted: list[tuple[float, float]] = []
 
-    def take(limiter: RedisRateLimiter, wait: bool = False) -> RedisDecision:
+    def take(limiter: RedisRateLimiter, wait: bool = False) -> Decision:
         send = time.time()
-        decision = limiter.acquire_detailed_sync() if wait else limiter.try_acquire_detailed()
+        decision = detailed(limiter, wait=wait)
         if decision.allowed:
             assert send - 5e-3 <= decision.server_time <= time.time() + 5e-3
             admitted.append((decision.server_time, 1.0))
@@ -1346,11 +1458,11 @@ def test_restart_warms_up_for_a_period_unless_brand_new(own_redis: OwnRedis) -> 
         assert old.try_acquire().allowed
         own_redis.kill()
         own_redis.start()
-        refused = old.try_acquire_detailed()  # the epoch is gone: this server knows nothing
+        refused = old.try_acquire()  # the epoch is gone: this server knows nothing
         restart_at = float(meta(own_redis.url, "w")["restart_at"])
         assert not refused.allowed
         assert refused.retry_after == pytest.approx(0.45, abs=0.02)  # period + grace
-        queued = old.acquire_detailed_sync()
+        queued = old.acquire_sync()
         assert_counts_from_wake(queued, restart_at + 0.05 + 0.4)
         assert old.try_acquire().allowed  # warmed up
 
@@ -1359,7 +1471,7 @@ def test_restart_warms_up_for_a_period_unless_brand_new(own_redis: OwnRedis) -> 
         with limiter() as fresh:
             assert fresh.try_acquire().allowed  # a brand-new deployment starts empty
         assert "restart_at" not in meta(own_redis.url, "w")
-        late = old.try_acquire_detailed()  # ... but a process that knew the old epoch warns
+        late = old.try_acquire()  # ... but a process that knew the old epoch warns
         assert not late.allowed
         assert 0.3 < late.retry_after <= 0.45
         assert "restart_at" in meta(own_redis.url, "w")
@@ -1373,8 +1485,8 @@ async def test_reservation_lost_in_a_restart_queues_again(own_redis: OwnRedis) -
         own_redis.url, 2, 0.5, key_prefix="lost", lease_duration=0.05, probe_interval=0.05
     )
     try:
-        assert (await limiter.try_acquire_async(count=2)).allowed
-        waiter = asyncio.create_task(limiter.acquire_detailed())
+        await limiter.acquire(count=2, timeout=0)
+        waiter = asyncio.create_task(limiter.acquire())
         await apoll(lambda: limiter.round_trips == 2, 5, "the reservation")
         own_redis.kill()
         own_redis.start()
@@ -1383,58 +1495,58 @@ async def test_reservation_lost_in_a_restart_queues_again(own_redis: OwnRedis) -
         assert_counts_from_wake(decision, restart_at + 0.05 + 0.5)
         # try_acquire, reserve; wake: lost, queued again behind the warm-up in the same round
         # trip; wake: confirm (before, losing it cost a confirm and a new reservation)
-        assert limiter.round_trips == 4, limiter._wakes
+        wakes = limiter._flows.wakes
+        assert limiter.round_trips == 4, wakes
         # queued again once; then it stood (woken within the tolerance) or moved to now
-        on_time, stood, moved, queued, refused = limiter._wakes
-        assert (on_time, stood + moved, queued, refused) == (0, 1, 1, 0), limiter._wakes
+        on_time, stood, moved, queued, refused = wakes
+        assert (on_time, stood + moved, queued, refused) == (0, 1, 1, 0), wakes
     finally:
         await limiter.aclose()
 
 
 # --- many processes -------------------------------------------------------------------------
 def test_four_processes_share_one_limit(redis_url: str, prefix: str, tmp_path: Path) -> None:
-    """4 OS processes x 20 asyncio tasks, rate 50 per 1 s, for 5 s: the union never exceeds 50
-    in any 1 s window, and uses at least 95 % of what the rate allows.
+    """4 OS processes x 20 asyncio tasks, rate 50 per 1 s, for 5 s, on 2 shared CPUs.
 
-    Also in local use times (``time.time()`` right after ``acquire`` returns; Redis TIME is the
-    same host's clock): a waiter counts from when it woke, not from its due time (here 80
-    waiters share 2 CPUs: wakes come several ms late), within the tolerance and TIME's
-    resolution. What no server-side decision can see is the delivery of the reply that decided
-    it (up to ~25 ms here when 50 grants come due together): the window property is asserted
-    on use times with that delivery taken out, i.e. at the server time for a grant decided by a
-    round trip after its wake (or without a wake), at the use time for a waiter that went
-    without asking. (On raw use times the slack is that delivery: a few ms, against 10-20 ms
-    of lateness before confirm on wake.)"""
-    rate, period, duration = 50, 1.0, 5.0
+    Asserted is what must hold whatever the scheduler does (how late the event loops wake the
+    80 waiters, how long replies take to arrive), not throughput:
+
+    - every admission counts at a real time: its server time lies between its call's start
+      and the moment the caller used it (a grant is never used before it counts);
+    - the union of the four processes never holds more than 50 units in any window
+      ``[t, t + 1 s)`` of server time: they share one limit;
+    - and they did contend for it: 80 tasks asking at once fill the busiest window exactly,
+      calls had to wait their turn, every process was admitted, and each process's
+      ``stats`` counted exactly the admissions it made (no error, no fallback: Redis decided
+      every one; a slow reply on a loaded machine is not an outage, ``socket_timeout=5``).
+
+    (Confirm on wake runs here too — waiters sharing 2 CPUs wake late — but what it promises
+    about use times depends on lateness and reply delivery: it is asserted where lateness is
+    controlled, in the virtual-time and ``LateClock`` tests above.)"""
+    rate, period = 50, 1.0
     config = {
         "url": redis_url,
         "prefix": prefix,
         "rate": rate,
         "period": period,
         "tasks": 20,
-        "duration": duration,
+        "duration": 5.0,
+        "options": {"socket_timeout": 5.0},
     }
     workers = Workers(4, config, tmp_path)
     try:
         workers.wait_for("ready", 30)
         workers.go()
-        results = workers.finish(30)
+        results = workers.finish(60)
     finally:
         workers.kill()
-    admitted = check_admissions(results, rate, period)
+    admitted = check_admissions(results, rate, period)  # bracketed; never more than 50 a window
     assert {source for _, source in admitted} == {"redis"}
     assert all(result["errors"] == [] for result in results)
-    effective = []
-    for _, server_time, use, _, wake in (a for r in results for a in r["admissions"]):
-        if wake is not None:
-            assert server_time >= wake - LATE - TOL, (server_time, wake)  # counts from its wake
-        asked = wake is None or server_time >= wake  # decided by a round trip after its wake
-        effective.append((server_time if asked else use, 1.0))
-    assert max_in_window(effective, period - LATE - TOL) <= rate
-    first = admitted[0][0]
-    in_duration = sum(first <= t < first + duration for t, _ in admitted)
-    assert in_duration >= 0.95 * rate * duration / period
-    assert all(result["stats"]["admitted"] > 20 for result in results)  # all took part
+    assert max_in_window([(t, 1.0) for t, _ in admitted], period) == rate  # the limit binds
+    assert any(a[4] is not None for result in results for a in result["admissions"])  # queued
+    for result in results:  # all took part, and their own books agree with what they used
+        assert result["stats"]["admitted"] == len(result["admissions"]) > 0
 
 
 @pytest.mark.parametrize(

@@ -435,8 +435,12 @@ def _entry(name: str = "good", path: str = "nbs/good.ipynb", extra: str = "") ->
             id="missing-file",
         ),
         pytest.param(
-            _entry("good", extra="paramaters = {}"),
-            ["entry #1 (name 'good')", "unknown key(s) 'paramaters'", "allowed keys"],
+            _entry("good", extra="paramaters = {}"),  # codespell:ignore paramaters
+            [
+                "entry #1 (name 'good')",
+                "unknown key(s) 'paramaters'",  # codespell:ignore paramaters
+                "allowed keys",
+            ],
             id="unknown-key",
         ),
         pytest.param(

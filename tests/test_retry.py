@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flashkit.budget import TokenBucketBudget
+from flashkit.budget import RetryTokenBucket
 from flashkit.clock import VirtualClock, run_virtual, use_clock
 from flashkit.errors import (
     AuthenticationError,
@@ -30,7 +30,7 @@ from flashkit.errors import (
     RetryExhausted,
     ValidationError,
 )
-from flashkit.retry import Jitter, RetryConfig, RetryEvent, retry, retrying
+from flashkit.retry import Jitter, RetryConfig, RetryEvent, retry, retry_context
 
 T = TypeVar("T")
 
@@ -54,13 +54,13 @@ class RecordingClock(VirtualClock):
             raise ZeroSleepError(seconds)
         self.sleeps.append(seconds)
 
-    def sleep(self, seconds: float) -> None:
+    def sleep_sync(self, seconds: float) -> None:
         self._record(seconds)
-        super().sleep(seconds)
+        super().sleep_sync(seconds)
 
-    async def async_sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         self._record(seconds)
-        await super().async_sleep(seconds)
+        await super().sleep(seconds)
 
 
 class Script:
@@ -123,11 +123,11 @@ def _http_error(status: int, headers: dict[str, str] | None = None) -> httpx.HTT
     return httpx.HTTPStatusError(f"HTTP {status}", request=request, response=response)
 
 
-# --- 1. the plan's defaults --------------------------------------------------------------------
+# --- 1. the original plan's defaults (docs/origins.md) --------------------------------------------
 
 
 def test_defaults_match_the_plan() -> None:
-    """RetryConfig() has the plan's six defaults, with jitter=True normalised to Jitter.EQUAL."""
+    """RetryConfig() has the original plan's six defaults (jitter=True normalised to EQUAL)."""
     config = RetryConfig()
     assert config.max_attempts == 3
     assert config.initial_delay == 1.0
@@ -141,7 +141,7 @@ def test_defaults_match_the_plan() -> None:
 
 
 def test_plan_fields_are_positional() -> None:
-    """The plan's six fields can be passed positionally, in the plan's order."""
+    """The original plan's six fields can be passed positionally, in its order."""
     config = RetryConfig(5, 0.5, 10.0, 3.0, False, (ConnectionError,))
     assert (config.max_attempts, config.initial_delay, config.max_delay) == (5, 0.5, 10.0)
     assert config.exponential_base == 3.0
@@ -335,11 +335,11 @@ def test_validation_error_is_a_value_error() -> None:
     "build",
     [
         lambda: retry(max_attotempts=3),
-        lambda: retrying(max_attotempts=3),
+        lambda: retry_context(max_attotempts=3),
         lambda: retry(RetryConfig(), max_attotempts=3),
-        lambda: retrying(RetryConfig(), max_attotempts=3),
+        lambda: retry_context(RetryConfig(), max_attotempts=3),
     ],
-    ids=["retry", "retrying", "retry-override", "retrying-override"],
+    ids=["retry", "retry_context", "retry-override", "retry_context-override"],
 )
 def test_typo_in_keyword_fields_lists_the_fields(build: Callable[[], object]) -> None:
     """A misspelt keyword raises TypeError naming the typo and listing RetryConfig's fields."""
@@ -583,11 +583,11 @@ class NoSleepClock:
     def now(self) -> float:
         return self.source.now()
 
-    def sleep(self, seconds: float) -> None:
+    def sleep_sync(self, seconds: float) -> None:
         self.sleep_calls.append(seconds)
         raise ZeroSleepError(seconds)
 
-    async def async_sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         self.sleep_calls.append(seconds)
         raise ZeroSleepError(seconds)
 
@@ -602,7 +602,7 @@ def test_zero_delay_never_calls_sleep_sync(jitter: Jitter) -> None:
     assert script.calls == 4
 
     numbers = []
-    for attempt in retrying(config):
+    for attempt in retry_context(config):
         with attempt:
             numbers.append(attempt.number)
             if attempt.number < 4:
@@ -613,7 +613,7 @@ def test_zero_delay_never_calls_sleep_sync(jitter: Jitter) -> None:
 
 @pytest.mark.parametrize("jitter", list(Jitter))
 def test_zero_delay_never_calls_sleep_async(jitter: Jitter) -> None:
-    """Async retries with zero delay never call async_sleep (decorator and block form)."""
+    """Async retries with zero delay never call sleep (decorator and block form)."""
     loop_clock = VirtualClock()
     no_sleep = NoSleepClock(loop_clock)
     config = RetryConfig(
@@ -624,7 +624,7 @@ def test_zero_delay_never_calls_sleep_async(jitter: Jitter) -> None:
     async def main() -> list[int]:
         assert await retry(config)(script.run_async)() == "ok"
         numbers = []
-        async for attempt in retrying(config):
+        async for attempt in retry_context(config):
             async with attempt:
                 numbers.append(attempt.number)
                 if attempt.number < 4:
@@ -894,8 +894,8 @@ def test_async_deadline_binds_before_attempt_timeout(clock: RecordingClock) -> N
 class LateClock(RecordingClock):
     """A clock whose async sleeps wake 0.5 s late, like a busy real event loop."""
 
-    async def async_sleep(self, seconds: float) -> None:
-        await super().async_sleep(seconds + 0.5)
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + 0.5)
 
 
 def test_async_late_wakeup_past_deadline_reports_the_real_last_error() -> None:
@@ -930,7 +930,7 @@ def test_async_block_late_wakeup_past_deadline_reports_the_real_last_error() -> 
 
     async def main() -> None:
         config = make(clock, initial_delay=9.8, jitter=False, deadline=10.0, max_attempts=5)
-        async for attempt in retrying(config):
+        async for attempt in retry_context(config):
             async with attempt:
                 errors.append(ConnectionError(attempt.number))
                 raise errors[-1]
@@ -1058,7 +1058,7 @@ def test_on_retry_sees_unacceptable_results(clock: RecordingClock) -> None:
 def test_shared_budget_refuses_the_third_retry(clock: RecordingClock) -> None:
     """Two functions share a 10-unit bucket at 5 per retry: the third retry is refused and the
     caller gets the last error itself, at once."""
-    budget = TokenBucketBudget(capacity=10, retry_cost=5)
+    budget = RetryTokenBucket(capacity=10, retry_cost=5)
     giveups: list[RetryEvent] = []
     config = make(clock, max_attempts=2, jitter=False, budget=budget, on_giveup=giveups.append)
     first, second = Script(clock, always_fail), Script(clock, always_fail)
@@ -1084,7 +1084,7 @@ def test_shared_budget_refuses_the_third_retry(clock: RecordingClock) -> None:
 
 def test_budget_refunds_on_success(clock: RecordingClock) -> None:
     """A retried success refunds its retry's cost; a first-try success refunds 1 unit."""
-    budget = TokenBucketBudget(capacity=10, retry_cost=5)
+    budget = RetryTokenBucket(capacity=10, retry_cost=5)
     config = make(clock, budget=budget, initial_delay=0.0)
 
     assert retry(config)(Script(clock, fail_then(1)).sync)() == "ok"
@@ -1102,7 +1102,7 @@ def test_budget_refunds_on_success(clock: RecordingClock) -> None:
 
 def test_async_budget_refusal_raises_last_error(clock: RecordingClock) -> None:
     """The async decorator also raises the last error itself when the budget refuses."""
-    budget = TokenBucketBudget(capacity=5, retry_cost=5)
+    budget = RetryTokenBucket(capacity=5, retry_cost=5)
     script = Script(clock, always_fail)
     config = make(clock, max_attempts=5, jitter=False, budget=budget)
     with pytest.raises(ConnectionError) as excinfo:
@@ -1119,7 +1119,7 @@ def test_block_sync_retries_until_success(clock: RecordingClock) -> None:
     """The sync block form retries the block, numbering attempts from 1, with seeded delays."""
     numbers = []
     result = None
-    for attempt in retrying(make(clock, seed=21, max_attempts=4)):
+    for attempt in retry_context(make(clock, seed=21, max_attempts=4)):
         with attempt:
             numbers.append(attempt.number)
             if attempt.number < 3:
@@ -1135,7 +1135,7 @@ def test_block_sync_exhausted(clock: RecordingClock) -> None:
     """An always-failing block ends in RetryExhausted caused by the last error."""
     errors: list[Exception] = []
     with pytest.raises(RetryExhausted) as excinfo:  # noqa: PT012 - the loop is the subject
-        for attempt in retrying(make(clock)):
+        for attempt in retry_context(make(clock)):
             with attempt:
                 errors.append(ConnectionError(attempt.number))
                 raise errors[-1]
@@ -1148,7 +1148,7 @@ def test_block_sync_non_retryable_error_escapes_at_once(clock: RecordingClock) -
     """A non-retryable error in the block is re-raised after one attempt."""
     numbers = []
     with pytest.raises(ValidationError, match="bad prompt"):  # noqa: PT012
-        for attempt in retrying(make(clock)):
+        for attempt in retry_context(make(clock)):
             with attempt:
                 numbers.append(attempt.number)
                 raise ValidationError("bad prompt")
@@ -1159,14 +1159,14 @@ def test_block_sync_non_retryable_error_escapes_at_once(clock: RecordingClock) -
 def test_block_sync_result_predicate(clock: RecordingClock) -> None:
     """attempt.set_result feeds retry_if_result: retried until acceptable, else RetryExhausted."""
     values = []
-    for attempt in retrying(make(clock, retry_if_result=lambda r: r < 3), max_attempts=5):
+    for attempt in retry_context(make(clock, retry_if_result=lambda r: r < 3), max_attempts=5):
         with attempt:
             values.append(attempt.number)
             attempt.set_result(attempt.number)
     assert values == [1, 2, 3]
 
     with pytest.raises(RetryExhausted) as excinfo:  # noqa: PT012
-        for attempt in retrying(make(clock, retry_if_result=lambda r: True)):
+        for attempt in retry_context(make(clock, retry_if_result=lambda r: True)):
             with attempt:
                 attempt.set_result(attempt.number * 10)
     assert excinfo.value.reason == "result"
@@ -1177,7 +1177,9 @@ def test_block_sync_with_attempt_timeout_is_refused(clock: RecordingClock) -> No
     """A sync for-loop cannot enforce attempt_timeout: ValidationError before any attempt."""
     numbers: list[int] = []
     with pytest.raises(ValidationError, match="attempt_timeout"):
-        numbers.extend(attempt.number for attempt in retrying(make(clock, attempt_timeout=1.0)))
+        numbers.extend(
+            attempt.number for attempt in retry_context(make(clock, attempt_timeout=1.0))
+        )
     assert numbers == []
 
 
@@ -1188,7 +1190,7 @@ def test_block_async_attempt_timeout_cancels_the_block(clock: RecordingClock) ->
     async def main() -> tuple[list[int], str | None]:
         numbers = []
         result = None
-        async for attempt in retrying(make(clock, attempt_timeout=5.0, jitter=False)):
+        async for attempt in retry_context(make(clock, attempt_timeout=5.0, jitter=False)):
             async with attempt:
                 numbers.append(attempt.number)
                 if attempt.number == 1:
@@ -1210,7 +1212,9 @@ def test_block_async_deadline_cancels_the_block(clock: RecordingClock) -> None:
     cancelled: list[float] = []
 
     async def main() -> None:
-        async for attempt in retrying(make(clock, deadline=10.0, jitter=False, max_attempts=9)):
+        async for attempt in retry_context(
+            make(clock, deadline=10.0, jitter=False, max_attempts=9)
+        ):
             async with attempt:
                 if attempt.number == 1:
                     raise ConnectionError("fast")
@@ -1232,7 +1236,7 @@ def test_block_async_exhausted(clock: RecordingClock) -> None:
     errors: list[Exception] = []
 
     async def main() -> None:
-        async for attempt in retrying(make(clock, jitter=False)):
+        async for attempt in retry_context(make(clock, jitter=False)):
             async with attempt:
                 errors.append(ConnectionError(attempt.number))
                 raise errors[-1]
@@ -1248,7 +1252,7 @@ def test_block_async_non_retryable_error_escapes_at_once(clock: RecordingClock) 
     numbers: list[int] = []
 
     async def main() -> None:
-        async for attempt in retrying(make(clock, attempt_timeout=5.0)):
+        async for attempt in retry_context(make(clock, attempt_timeout=5.0)):
             async with attempt:
                 numbers.append(attempt.number)
                 raise AuthenticationError("bad key")
@@ -1265,7 +1269,7 @@ def test_block_async_caller_cancellation_propagates(clock: RecordingClock) -> No
     config = make(clock, attempt_timeout=10.0, retry_on=(BaseException,))
 
     async def loop() -> None:
-        async for attempt in retrying(config):
+        async for attempt in retry_context(config):
             async with attempt:
                 numbers.append(attempt.number)
                 await asyncio.sleep(100)
@@ -1400,7 +1404,7 @@ def test_a_later_error_does_not_carry_the_first_as_its_context() -> None:
 def test_async_result_predicate_on_the_fast_path() -> None:
     """An async call without timeouts still honours retry_if_result and the budget."""
     clock = VirtualClock()
-    budget = TokenBucketBudget(capacity=100.0)
+    budget = RetryTokenBucket(capacity=100.0)
     results = iter([None, None, "ok"])
 
     @retry(

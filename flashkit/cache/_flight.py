@@ -1,6 +1,6 @@
 """Single flight for :class:`~flashkit.cache.CacheService`: ``get_or_compute``'s miss logic,
 written once as generators (flows) that yield what they need done, and the sync and async drivers
-that perform it (as :mod:`flashkit.redis_ratelimit` does).
+that perform it (as the Redis rate limiter does).
 
 Per process, concurrent callers of one key join one :class:`_Flight` (tasks await its future,
 threads its event); over a shared store the leader also holds ``store.lock(key)`` while other
@@ -139,7 +139,7 @@ class _SingleFlight:
         if isinstance(op, _Compute):
             return op.compute()
         if isinstance(op, _Sleep):
-            return self.clock.sleep(op.seconds)
+            return self.clock.sleep_sync(op.seconds)
         return self._join_sync(op)
 
     async def _perform_async(self, op: Any) -> Any:
@@ -148,7 +148,7 @@ class _SingleFlight:
         if isinstance(op, _Compute):
             return await op.compute()
         if isinstance(op, _Sleep):
-            return await self.clock.async_sleep(op.seconds)
+            return await self.clock.sleep(op.seconds)
         return await self._join_async(op)
 
     # --- get_or_compute -----------------------------------------------------------------------

@@ -4,32 +4,8 @@ with TTL jitter, single flight, early refresh (XFetch) and metrics.
 >>> cache = CacheService(MemoryStore(), ttl=3600.0, namespace="cards")
 >>> cards = await cache.get_or_compute(word, lambda: make_cards(word))   # one call per word
 
-**Values.** A shared store (SQL, Redis) gets bytes in the format of :mod:`._format`. An in-process
-store (:class:`MemoryStore`) keeps the value object itself: a hit is a dict lookup that returns
-*that object* (as cachetools does), so do not mutate it. ``set`` still serialises each value once
-(about 1 µs per KB) to refuse what a shared store could not hold: what works in memory works in
-Redis.
-
-**Failures never reach the caller**: an unreadable entry or a store error on read is a miss, a
-store error on write is skipped; each is counted and logged once per key (logger
-``flashkit.cache``). ``compute``'s own errors propagate, and nothing is cached for them.
-
-**zstd dictionaries.** An entry naming a dictionary this cache does not know is read with the
-dictionary stored under ``"{namespace}:__flashkit_zdict__:{id}"`` (where
-:class:`~flashkit.cache.CompressedCache` writes those it trains), looked up once and again after
-60 s (cache clock) while missing; keys containing ``__flashkit_zdict__`` are refused.
-
-**Stampedes.** ``get_or_compute`` runs one computation per key at a time: per process (tasks await
-one future, threads one event), and over a shared store per fleet: the holder of
-``store.lock(key)`` computes while the others poll the store on the cache clock (10 ms doubling to
-200 ms) for up to ``lock_ttl`` s, then compute themselves. A hit at τ s before expiry refreshes
-early with probability ``exp(-τ/(delta·beta))`` (XFetch, Vattani et al., PVLDB 2015), ``delta``
-being the last compute time: one caller recomputes while the others get the cached value.
-
-**Metrics**, attribute ``cache.name``: ``flashkit.cache.hits``, ``.misses``, ``.bytes`` (written)
-are observable counters read from the stats, so a hit records nothing; ``.compute_seconds`` and
-``.compression_ratio`` are histograms recorded while telemetry is on. They attach to the current
-meter when a cache is built, writes encoded bytes or computes. Give each cache its own ``name``.
+Times are seconds on the cache's clock. Values, failures, dictionaries, stampedes and metrics:
+``docs/design/cache.md``.
 """
 
 from __future__ import annotations

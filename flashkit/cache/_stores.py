@@ -366,6 +366,14 @@ def _px(ttl: float | None) -> int | None:
     return max(1, math.ceil(round(ms, 6)))  # round: 1.1 s is 1100 ms, not 1101
 
 
+def _require_redis(what: str) -> None:
+    """Raise an ImportError naming the extra when redis-py is not installed."""
+    try:
+        import redis  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"{what} needs redis-py: pip install 'flashkit[redis]'") from error
+
+
 @functools.cache
 def _redis_errors() -> tuple[type[BaseException], ...]:
     import redis.exceptions
@@ -452,6 +460,7 @@ class RedisStore:
                 f"RedisStore(socket_timeout={socket_timeout!r}): must be seconds > 0, e.g. 1.0",
                 "socket_timeout",
             )
+        _require_redis("RedisStore")  # now, not on first use: a cache skips failed reads
         self.prefix = prefix
         self.name = name
         self.clock: Clock = clock if clock is not None else WallClock()

@@ -298,6 +298,8 @@ def sim_serve(
     ] = None,
 ) -> None:
     """Serve the simulated upstream over HTTP (an OpenAI-compatible /v1/chat/completions)."""
+    # Imported here, like every flashkit.sim import of the CLI: the test bench loads only for
+    # `sim serve` and --provider sim, so the other commands and --help start without it.
     from flashkit import sim
 
     try:
@@ -316,7 +318,7 @@ def _profile_changes(pairs: list[str]) -> dict[str, Any]:
     import dataclasses
     import json
 
-    from flashkit.sim import FaultProfile
+    from flashkit.sim import FaultProfile  # only for `sim serve --set` (see sim_serve)
 
     fields = {f.name for f in dataclasses.fields(FaultProfile)}
     changes: dict[str, Any] = {}

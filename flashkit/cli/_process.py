@@ -51,6 +51,7 @@ def prepare_sim(settings: Settings, *, real_time: bool) -> tuple[Settings, Any, 
     """For ``--provider sim``: the provider's limits taken from the simulator (its profile in
     process, its ``/_sim/stats`` over HTTP) unless set elsewhere; returns the settings, the
     in-process profile (None over HTTP) and whether time is virtual."""
+    # Imported here: the test bench loads only for --provider sim, not for every command.
     from flashkit.sim import FaultProfile
 
     run = settings.run
@@ -174,7 +175,7 @@ def _client_for(
     settings = job.settings
     transport = None
     if job.upstream is not None:
-        from flashkit.sim import SimulatedUpstream
+        from flashkit.sim import SimulatedUpstream  # only for --provider sim (see prepare_sim)
 
         upstream = SimulatedUpstream(job.upstream, seed=settings.run.seed, clock=clock)
         transport = upstream.transport()

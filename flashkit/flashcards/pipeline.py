@@ -165,7 +165,7 @@ async def generate_flashcard(
     max_tokens: int | None = None,
     temperature: float | None = None,
 ) -> dict[str, Any]:
-    """The action plan's call: stage 1 (the nuance analysis) or stage 2 (the cards) of one word,
+    """One call of the pipeline: stage 1 (the nuance analysis) or stage 2 (the cards) of one word,
     parsed and validated inside the retry loop (unparsable answers are retried). Stage 2 needs
     ``stage1=``. Returns ``{"stage", "position", "term", "result", "attempts", "usage",
     "latency"}``; ``result`` is the stage-1 dict or the list of card dicts."""
@@ -189,29 +189,20 @@ async def generate_flashcard(
     }
 
 
+@dataclass(eq=False)
 class _Run:
     """One run's loop: claims, per-word tasks, commits, and spare copies at the tail."""
 
-    def __init__(
-        self,
-        store: Store,
-        client: LLMClient,
-        run_id: int,
-        source_id: int,
-        progress: RunProgress,
-        on_word: Callable[[WordOutcome], None] | None,
-        spares: int,
-    ) -> None:
-        self.store = store
-        self.client = client
-        self.run_id = run_id
-        self.source_id = source_id
-        self.progress = progress
-        self.on_word = on_word
-        self.spares = spares
-        self.races: dict[int, Race[ChatResult]] = {}
-        self.stages: dict[int, int] = {}  # word id -> the stage its race is for
-        self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+    store: Store
+    client: LLMClient
+    run_id: int
+    source_id: int
+    progress: RunProgress
+    on_word: Callable[[WordOutcome], None] | None
+    spares: int
+    races: dict[int, Race[ChatResult]] = field(default_factory=dict)
+    stages: dict[int, int] = field(default_factory=dict)  # word id -> its race's stage
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
 
     async def _stage(
         self, claim: Claim, stage: int, stage1: Stage1Result | None

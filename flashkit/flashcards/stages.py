@@ -1,9 +1,10 @@
 """The two-stage contract of the flashcard pipeline, defined once.
 
-Stage 1 (``@preset/nuance-creator``) answers a JSON analysis of one word with the
-:data:`STAGE1_FIELDS`; stage 2 (``@preset/nuance-flashcard-generator``) answers TSV cards with
-the :data:`TSV_COLUMNS`. The system prompts are package files (``prompts/*.txt``). The simulator
-(:mod:`flashkit.sim`) and the lab build their replies and parsers from these names.
+Stage 1 (``@preset/nuance-creator``) answers a JSON analysis of one word: the fields of
+:class:`Stage1Result` (:data:`STAGE1_FIELDS`, of which :data:`STAGE1_REQUIRED` must be there),
+read by :func:`parse_stage1`; stage 2 (``@preset/nuance-flashcard-generator``) answers TSV cards
+with the :data:`TSV_COLUMNS`. The system prompts are package files (``prompts/*.txt``). The
+simulator (:mod:`flashkit.sim`) and the lab build their replies and parsers from these names.
 
 What the parsers fix in the original pipeline: ``pos`` keeps pronoun, determiner, numeral and any
 other part of speech; ``comparison`` may be null (the key must be there); homonyms need no
@@ -57,31 +58,6 @@ TSV_COLUMNS: Final = (
     "tags",
     "honorific_level",
 )
-STAGE1_FIELDS: Final = (
-    "term_number",
-    "term",
-    "ipa",
-    "pos",
-    "primary_meaning",
-    "other_meanings",
-    "metaphor",
-    "metaphor_noun",
-    "metaphor_action",
-    "suggested_location",
-    "anchor_object",
-    "anchor_sensory",
-    "explanation",
-    "usage_context",
-    "comparison",
-    "homonyms",
-    "korean_keywords",
-)
-"""Every field of a stage-1 answer, in the order the model is asked for them."""
-STAGE1_REQUIRED: Final = tuple(
-    name for name in STAGE1_FIELDS if name not in ("other_meanings", "usage_context", "homonyms")
-)
-"""The fields a stage-1 answer must have (the original ``Stage1Response``'s required ones);
-``comparison`` must be present but may be null."""
 TYPE_ALIASES: Final = {
     "n": "noun",
     "v": "verb",
@@ -148,8 +124,9 @@ class Comparison:
 
 @dataclass(frozen=True, slots=True)
 class Stage1Result:
-    """The stage-1 analysis of a word (the original ``Stage1Response``, flaws fixed:
-    ``pos`` keeps any part of speech; ``comparison`` may be None)."""
+    """The stage-1 analysis of a word; its fields, in order, are the stage-1 schema
+    (:data:`STAGE1_FIELDS`). The original ``Stage1Response``, flaws fixed: ``pos`` keeps any
+    part of speech; ``comparison`` may be None."""
 
     term_number: int
     term: str
@@ -177,6 +154,15 @@ class Stage1Result:
     def from_dict(cls, data: Mapping[str, Any]) -> Stage1Result:
         """From :meth:`to_dict`'s output (or any reply that :func:`parse_stage1` accepts)."""
         return _stage1_from(data, None)
+
+
+STAGE1_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Stage1Result))
+"""Every field of a stage-1 answer, in the order the model is asked for them."""
+_STAGE1_OPTIONAL: Final = ("other_meanings", "usage_context", "homonyms")
+STAGE1_REQUIRED: Final = tuple(name for name in STAGE1_FIELDS if name not in _STAGE1_OPTIONAL)
+"""The fields a stage-1 answer must have: all but ``other_meanings``, ``usage_context`` and
+``homonyms`` (as the original ``Stage1Response``); ``comparison`` must be present but may be
+null."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@
 - :mod:`flashkit.lab.ratelimit`: what each limiter admits on the same burst.
 - :mod:`flashkit.lab.cache`: codecs on cached flashcard answers, and one hot key's stampede
   (no protection, TTL jitter, single flight, XFetch) in virtual time.
-- :mod:`flashkit.lab.success`: the plan's success metrics, before / after / peer.
+- :mod:`flashkit.lab.success`: the success metrics (``docs/origins.md``), before / after / peer.
 - :mod:`flashkit.lab.datalayer`: cache hit rate and pool efficiency on ``flashkit process``'s path.
 - :mod:`flashkit.lab.widgets`: thin ipywidgets layers (tested by setting ``.value``).
 

@@ -85,11 +85,7 @@ class ContentionResult:
 
 
 async def _contention(
-    config: RetryConfig,
-    clients: int,
-    rng: random.Random,
-    net_mean: float,
-    net_sd: float,
+    config: RetryConfig, clients: int, rng: random.Random, net_mean: float, net_sd: float
 ) -> ContentionResult:
     loop = asyncio.get_running_loop()
     start = loop.time()

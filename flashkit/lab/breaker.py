@@ -154,13 +154,7 @@ def simulate_breaker(
     scenario in virtual time and return the :class:`BreakerRun`."""
     scenario = scenario if scenario is not None else Scenario()
     settings = settings if settings is not None else BreakerSettings()
-    if scenario.rate <= 0 or scenario.duration <= 0:
-        raise ValueError(
-            f"Scenario needs rate > 0 and duration > 0, got rate={scenario.rate}, "
-            f"duration={scenario.duration}"
-        )
-    if bucket <= 0:
-        raise ValueError(f"simulate_breaker(bucket={bucket}): bucket must be seconds > 0")
+    _check(scenario, bucket)
     clock = VirtualClock()
     rng = random.Random(seed)
     nbuckets = math.ceil(scenario.duration / bucket)
@@ -194,7 +188,7 @@ def simulate_breaker(
                 counts["reached"][index] += 1
                 await dependency(fail_p, latency)
             else:
-                await breaker.call_async(_count_then_call, index, fail_p, latency)
+                await breaker.call(_count_then_call, index, fail_p, latency)
         except CircuitOpenError:
             counts["rejected"][index] += 1
         except ExternalServiceError:
@@ -234,6 +228,32 @@ def simulate_breaker(
     arrived = timeline["arrived"].where(timeline["arrived"] > 0)
     timeline["success_rate"] = (timeline["succeeded"] / arrived).fillna(1.0)
     transitions_df = pd.DataFrame(transitions, columns=["t", "old", "new", "why"])
+    summary = _summary(timeline, transitions_df, scenario)
+    summary["settings"] = asdict(settings) if use_breaker else None
+    return BreakerRun(timeline=timeline, transitions=transitions_df, summary=summary)
+
+
+def _check(scenario: Scenario, bucket: float) -> None:
+    if scenario.rate <= 0 or scenario.duration <= 0:
+        raise ValueError(
+            f"Scenario needs rate > 0 and duration > 0, got rate={scenario.rate}, "
+            f"duration={scenario.duration}"
+        )
+    if bucket <= 0:
+        raise ValueError(f"simulate_breaker(bucket={bucket}): bucket must be seconds > 0")
+
+
+def _moves(transitions: pd.DataFrame, old: str, new: str) -> int:
+    """How many transitions went from ``old`` to ``new``."""
+    if not len(transitions):
+        return 0
+    return int(((transitions["old"] == old) & (transitions["new"] == new)).sum())
+
+
+def _summary(
+    timeline: pd.DataFrame, transitions: pd.DataFrame, scenario: Scenario
+) -> dict[str, Any]:
+    """The run's totals (all but ``settings``)."""
     total = int(timeline["arrived"].sum())
     outage = [w for w in scenario.windows if w.failure_rate >= 1.0]
     in_outage = (
@@ -241,27 +261,17 @@ def simulate_breaker(
         if outage
         else pd.Series(False, index=timeline.index)
     )
-    summary = {
+    return {
         "calls": total,
         "reached_dependency": int(timeline["reached"].sum()),
         "rejected": int(timeline["rejected"].sum()),
         "succeeded": int(timeline["succeeded"].sum()),
         "failed": int(timeline["failed"].sum()),
         "success_rate": float(timeline["succeeded"].sum() / total) if total else 1.0,
-        "trips": (
-            int(((transitions_df["old"] == "closed") & (transitions_df["new"] == "open")).sum())
-            if len(transitions_df)
-            else 0
-        ),
-        "reopens": (
-            int(((transitions_df["old"] == "half_open") & (transitions_df["new"] == "open")).sum())
-            if len(transitions_df)
-            else 0
-        ),
+        "trips": _moves(transitions, "closed", "open"),
+        "reopens": _moves(transitions, "half_open", "open"),
         "reached_during_outage": int(timeline.loc[in_outage, "reached"].sum()),
-        "settings": asdict(settings) if use_breaker else None,
     }
-    return BreakerRun(timeline=timeline, transitions=transitions_df, summary=summary)
 
 
 def plot_breaker_timeline(

@@ -1,5 +1,6 @@
-"""The action plan's two data-layer metrics, measured on ``flashkit process``'s own path: the
-cache hit rate (target >= 85 %) and the connection pool efficiency (target >= 95 %).
+"""The two data-layer success metrics (``docs/origins.md``), measured on ``flashkit process``'s
+own path: the cache hit rate (target >= 85 %) and the connection pool efficiency (target >= 95
+%).
 
 The flashcard pipeline with its default settings (:func:`flashkit.config.build_client`,
 :func:`flashkit.config.build_cache`) runs three times against the simulator, in virtual time,
@@ -12,7 +13,7 @@ same cache):
 3. ``overlap`` — list B, whose first half is the second half of A (same rows): half of its
    words are in the cache, and at most half of its calls can be hits.
 
-The hit rate of a run is its calls answered from the cache over its calls; the plan's target is
+The hit rate of a run is its calls answered from the cache over its calls; the target is
 judged on ``repeat`` (a list processed again), ``overlap`` shows the share a changed list keeps.
 Pool efficiency is the share of checkouts served at once by an idle pooled connection
 (:class:`flashkit.db.PoolMonitor`) over every engine of a run (its state database and the

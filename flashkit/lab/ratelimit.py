@@ -8,7 +8,8 @@
   key over every shard while the union stays within the limit.
 - :func:`token_reconciliation` simulates LLM calls under a tokens-per-minute limit: reserving the
   ``max_tokens`` estimate and giving back the difference once the response reports its usage
-  (:meth:`~flashkit.ratelimit.RateLimiter.adjust`) against never giving it back.
+  (:meth:`~flashkit.ratelimit.RateLimiter.adjust` with the call's
+  :class:`~flashkit.ratelimit.Grant` or reservation) against never giving it back.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from flashkit.clock import VirtualClock, run_virtual
-from flashkit.ratelimit import RateLimiter, ShardedRateLimiter
+from flashkit.ratelimit import Algorithm, Grant, RateLimiter, Reservation, ShardedRateLimiter
 
 __all__ = [
     "burst_comparison",
@@ -83,9 +84,9 @@ def run_burst(
     return run_virtual(main(), clock=clock)
 
 
-def _flashkit(algorithm: str, rate: int, period: float, burst: int | None) -> Any:
+def _flashkit(algorithm: Algorithm, rate: int, period: float, burst: int | None) -> Any:
     def make(clock: VirtualClock) -> Callable[[], Awaitable[Any]]:
-        limiter = RateLimiter(rate, period, algorithm, burst, clock=clock)  # type: ignore[arg-type]
+        limiter = RateLimiter(rate, period, algorithm=algorithm, burst=burst, clock=clock)
         return limiter.acquire
 
     return make
@@ -164,12 +165,7 @@ def plot_burst(times: pd.DataFrame, rate: int, period: float = 1.0) -> Any:
 
 
 def sharding_spread(
-    rate: int = 1000,
-    shards: int = 8,
-    *,
-    period: float = 1.0,
-    requests: int = 5000,
-    seed: int = 0,
+    rate: int = 1000, shards: int = 8, *, period: float = 1.0, requests: int = 5000, seed: int = 0
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One key hammered through a :class:`ShardedRateLimiter` (virtual clock, 4 tries per
     millisecond): per-shard admissions, and the union's worst window against ``rate``."""
@@ -221,7 +217,8 @@ def _run_calls(
 ) -> tuple[float, list[tuple[float, int]]]:
     """Simulated minutes to finish every call, and (start time, tokens used) per call.
     ``policy``: "keep" (reserve, no refund), "reservation" (reserve, refund on it) or "acquire"
-    (acquire, refund from the call's own grant: queued calls are pulled forward)."""
+    (acquire, refund with the call's own :class:`~flashkit.ratelimit.Grant`: queued calls are
+    pulled forward)."""
     clock = VirtualClock()
     limiter = RateLimiter(tokens_per_minute, 60.0, clock=clock, name="tpm")
     used: list[tuple[float, int]] = []
@@ -230,19 +227,18 @@ def _run_calls(
     async def worker() -> None:
         while queue:
             i = queue.pop(0)
+            target: Grant | Reservation
             if policy == "acquire":
-                await limiter.acquire(count=max_tokens)
-                reservation = None
+                target = await limiter.acquire(count=max_tokens)
             else:
-                reservation = limiter.reserve(count=max_tokens, max_wait=math.inf)
-                await reservation.wait()
+                target = limiter.reserve(count=max_tokens, max_wait=math.inf)
+                await target.wait()
             started = clock.now()
             await asyncio.sleep(latency[i])
             used.append((started, usage[i]))  # the upstream counts the tokens at the request
-            if reservation is None:
-                limiter.adjust("default", usage[i], estimated_count=max_tokens, admitted_at=started)
-            elif policy == "reservation":
-                limiter.adjust(reservation, usage[i])
+            if policy != "keep":
+                # the Grant carries its admitted_at: the refund comes from the call's own grant
+                await limiter.adjust(target, usage[i])
 
     async def main() -> None:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -265,7 +261,8 @@ def token_reconciliation(
     Three policies: reserve ``max_tokens`` (:meth:`~flashkit.ratelimit.RateLimiter.reserve`) and
     keep it; reserve and give back the unused part (:meth:`~flashkit.ratelimit.RateLimiter.adjust`
     on the reservation) once the response arrives; ``acquire`` and give it back from the call's
-    own grant (``adjust(key, ..., admitted_at=)``), which also wakes the calls queued behind it.
+    own grant (``await limiter.adjust(grant, used)``), which also wakes the calls queued behind
+    it.
     Returns one row per policy: calls completed,
     simulated minutes, calls per minute, tokens used per minute, and the most tokens actually used
     in any one-minute window (which must stay within the limit).

@@ -12,10 +12,11 @@ chat with a short generic reply. The same code serves real HTTP: :attr:`Simulate
 and :func:`serve` (``flashkit sim serve``).
 """
 
+from flashkit.sim._asgi import stats_payload
 from flashkit.sim._content import STAGE1_MODEL, STAGE2_MODEL, TEMPLATE_MARK, TSV_COLUMNS
 from flashkit.sim._lexicon import Entry, Lexicon, lexicon
 from flashkit.sim._profile import PRESETS, FaultProfile, HeaderStyle, LimitMode
-from flashkit.sim._server import serve, stats_payload
+from flashkit.sim._server import serve
 from flashkit.sim._stats import OUTCOMES, LoadSeries, SimStats
 from flashkit.sim._upstream import SimTransport, SimulatedUpstream, format_duration
 

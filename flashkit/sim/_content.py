@@ -2,9 +2,11 @@
 generic reply, made deterministically from the shipped lexicon (templated for unknown words).
 
 Stage 1 (``@preset/nuance-creator``, user content ``{"position", "term", "type"}``) answers a
-JSON object with every ``Stage1Response`` field. Stage 2 (``@preset/nuance-flashcard-generator``,
-user content ``{"position", "term", "stage1_result"}``) answers TSV with the header
-:data:`TSV_HEADER` and three cards (Scene, Usage-Comparison, and Hanja or Example).
+JSON object with every field of :data:`~flashkit.flashcards.stages.STAGE1_FIELDS`, in that order.
+Stage 2 (``@preset/nuance-flashcard-generator``, user content ``{"position", "term",
+"stage1_result"}``) answers TSV with the header :data:`TSV_HEADER` and three cards (Scene,
+Usage-Comparison, and Hanja or Example). The stage contract is the application's
+(:mod:`flashkit.flashcards.stages`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import json
 import zlib
 from typing import Any, Final
 
-# The stage contract (model names, fields, TSV columns) is defined once, by the application.
 from flashkit.flashcards.stages import STAGE1_FIELDS, STAGE1_MODEL, STAGE2_MODEL, TSV_COLUMNS
 from flashkit.sim._lexicon import Entry, lexicon
 
@@ -214,7 +215,7 @@ def _stage1_dict(position: int, term: str, kind: str) -> dict[str, Any]:
     )
     if not known:
         explanation = f"{TEMPLATE_MARK} {term} is not in the lexicon; {explanation}"
-    return {
+    answer = {
         "term_number": position,
         "term": f"{term} [{entry.ipa}]",
         "ipa": f"[{entry.ipa}]",
@@ -233,6 +234,7 @@ def _stage1_dict(position: int, term: str, kind: str) -> dict[str, Any]:
         "homonyms": homonyms,
         "korean_keywords": keywords,
     }
+    return {name: answer[name] for name in STAGE1_FIELDS}  # the schema's fields, in its order
 
 
 _STAGE1_PREFIX: Final = '{\n  "term_number": 0,'

@@ -150,33 +150,39 @@ class LimitBook:
     def admit(self, key: str, now: float, tokens: float) -> Decision:
         """Admit one request costing ``tokens`` for ``key`` at ``now``, or say why not."""
         state = self._state(key, now)
-        rpm, tpm = self.rpm, self.tpm
         if self.mode == "token_bucket":
-            self._refill(state, now)
-            if tpm is not None and tokens > self._capacity(tpm) + _EPS:
-                req, tok = self._bucket_views(state)
-                return Decision("too_large", math.inf, req, tok)
-            kind = None
-            wait = 0.0
-            if rpm is not None and state.req < 1.0 - _EPS:
-                kind = "requests"
-            elif tpm is not None and state.tok < tokens - _EPS:
-                kind = "tokens"
-            if kind is None:
-                if rpm is not None:
-                    state.req -= 1.0
-                if tpm is not None:
-                    state.tok -= tokens
-            else:
-                if rpm is not None and self.count_rejected:
-                    state.req = max(state.req - 1.0, -self._capacity(rpm))
-                if rpm is not None and state.req < 1.0:
-                    wait = (1.0 - state.req) * _WINDOW / rpm
-                if tpm is not None and state.tok < tokens:
-                    wait = max(wait, (tokens - state.tok) * _WINDOW / tpm)
-            req, tok = self._bucket_views(state)
-            return Decision(kind, wait, req, tok)
+            return self._admit_bucket(state, now, tokens)
+        return self._admit_window(state, now, tokens)
 
+    def _admit_bucket(self, state: _KeyState, now: float, tokens: float) -> Decision:
+        rpm, tpm = self.rpm, self.tpm
+        self._refill(state, now)
+        if tpm is not None and tokens > self._capacity(tpm) + _EPS:
+            req, tok = self._bucket_views(state)
+            return Decision("too_large", math.inf, req, tok)
+        kind = None
+        wait = 0.0
+        if rpm is not None and state.req < 1.0 - _EPS:
+            kind = "requests"
+        elif tpm is not None and state.tok < tokens - _EPS:
+            kind = "tokens"
+        if kind is None:
+            if rpm is not None:
+                state.req -= 1.0
+            if tpm is not None:
+                state.tok -= tokens
+        else:
+            if rpm is not None and self.count_rejected:
+                state.req = max(state.req - 1.0, -self._capacity(rpm))
+            if rpm is not None and state.req < 1.0:
+                wait = (1.0 - state.req) * _WINDOW / rpm
+            if tpm is not None and state.tok < tokens:
+                wait = max(wait, (tokens - state.tok) * _WINDOW / tpm)
+        req, tok = self._bucket_views(state)
+        return Decision(kind, wait, req, tok)
+
+    def _admit_window(self, state: _KeyState, now: float, tokens: float) -> Decision:
+        rpm, tpm = self.rpm, self.tpm
         reset = self._roll(state, now)
         if tpm is not None and tokens > tpm + _EPS:
             req, tok = self._window_views(state, reset)

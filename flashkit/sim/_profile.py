@@ -23,6 +23,17 @@ HeaderStyle = Literal["openai", "anthropic", "none"]
 _LIMIT_MODES: Final = ("token_bucket", "fixed_window")
 _HEADER_STYLES: Final = ("openai", "anthropic", "none")
 _OVER_CAPACITY: Final = (503, 529)
+# The fields that are fractions of requests in [0, 1].
+_FRACTIONS: Final = (
+    "error_rate",
+    "overload_rate",
+    "malformed_rate",
+    "truncated_rate",
+    "bad_content_rate",
+    "outage_connect_fraction",
+    "brownout_error_rate",
+    "fenced_rate",
+)
 
 
 def _bad(name: str, value: object, must: str, fix: str) -> ValidationError:
@@ -72,6 +83,32 @@ def _check_windows(name: str, value: object) -> None:
             raise _bad(
                 name, value, f"window {window!r} needs 0 <= start < end", "swap or fix the bounds"
             )
+
+
+def _check_int(name: str, value: object, minimum: int, must: str) -> None:
+    """Raise unless ``value`` is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(name, value, must, "")
+
+
+def _check_schedule(value: object) -> None:
+    if not isinstance(value, tuple):
+        raise _bad(
+            "limit_schedule",
+            value,
+            "must be a tuple of (at_seconds, rpm, tpm)",
+            "e.g. ((300.0, 30, None),)",
+        )
+    last = -math.inf
+    for step in value:
+        if not (isinstance(step, tuple) and len(step) == 3):
+            raise _bad("limit_schedule", step, "each step must be (at_seconds, rpm, tpm)", "")
+        _check_seconds("limit_schedule", step[0])
+        check_limit("limit_schedule", step[1])
+        check_limit("limit_schedule", step[2])
+        if step[0] < last:
+            raise _bad("limit_schedule", step, "steps must be in time order", "sort them")
+        last = step[0]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -144,6 +181,17 @@ class FaultProfile:
     fenced_rate: float = 0.3
 
     def __post_init__(self) -> None:
+        self._check_limits()
+        self._check_faults()
+        self._check_latency()
+        if not isinstance(self.invalid_keys, tuple) or not all(
+            isinstance(key, str) for key in self.invalid_keys
+        ):
+            raise _bad("invalid_keys", "...", "must be a tuple of strings", 'e.g. ("invalid",)')
+        _check_int("context_limit", self.context_limit, 1, "must be an int >= 1 (tokens)")
+
+    def _check_limits(self) -> None:
+        """The rate limits, their mode, headers and schedule, and the spend cap."""
         check_limit("rpm", self.rpm)
         check_limit("tpm", self.tpm)
         if self.limit_mode not in _LIMIT_MODES:
@@ -160,39 +208,13 @@ class FaultProfile:
             )
         if self.count_rejected is not None and not isinstance(self.count_rejected, bool):
             raise _bad("count_rejected", self.count_rejected, "must be True, False or None", "")
-        if not isinstance(self.limit_schedule, tuple):
-            raise _bad(
-                "limit_schedule",
-                self.limit_schedule,
-                "must be a tuple of (at_seconds, rpm, tpm)",
-                "e.g. ((300.0, 30, None),)",
-            )
-        last = -math.inf
-        for step in self.limit_schedule:
-            if not (isinstance(step, tuple) and len(step) == 3):
-                raise _bad("limit_schedule", step, "each step must be (at_seconds, rpm, tpm)", "")
-            _check_seconds("limit_schedule", step[0])
-            check_limit("limit_schedule", step[1])
-            check_limit("limit_schedule", step[2])
-            if step[0] < last:
-                raise _bad("limit_schedule", step, "steps must be in time order", "sort them")
-            last = step[0]
-        if self.spend_cap_tokens is not None and (
-            isinstance(self.spend_cap_tokens, bool)
-            or not isinstance(self.spend_cap_tokens, int)
-            or self.spend_cap_tokens < 0
-        ):
-            raise _bad("spend_cap_tokens", self.spend_cap_tokens, "must be an int >= 0 or None", "")
-        for name in (
-            "error_rate",
-            "overload_rate",
-            "malformed_rate",
-            "truncated_rate",
-            "bad_content_rate",
-            "outage_connect_fraction",
-            "brownout_error_rate",
-            "fenced_rate",
-        ):
+        _check_schedule(self.limit_schedule)
+        if self.spend_cap_tokens is not None:
+            _check_int("spend_cap_tokens", self.spend_cap_tokens, 0, "must be an int >= 0 or None")
+
+    def _check_faults(self) -> None:
+        """The fault rates, the hidden capacity, outages and brownouts."""
+        for name in _FRACTIONS:
             _check_fraction(name, getattr(self, name))
         if self.malformed_rate + self.truncated_rate + self.bad_content_rate > 1.0:
             raise _bad(
@@ -201,18 +223,17 @@ class FaultProfile:
                 "malformed_rate + truncated_rate + bad_content_rate must be <= 1",
                 "lower one of them",
             )
-        if self.capacity is not None and (
-            isinstance(self.capacity, bool)
-            or not isinstance(self.capacity, int)
-            or self.capacity < 1
-        ):
-            raise _bad("capacity", self.capacity, "must be an int >= 1 or None", "")
+        if self.capacity is not None:
+            _check_int("capacity", self.capacity, 1, "must be an int >= 1 or None")
         if self.over_capacity_status not in _OVER_CAPACITY:
             raise _bad("over_capacity_status", self.over_capacity_status, "must be 503 or 529", "")
         _check_windows("outages", self.outages)
         _check_windows("brownouts", self.brownouts)
         if _number("brownout_latency_factor", self.brownout_latency_factor) < 1.0:
             raise _bad("brownout_latency_factor", self.brownout_latency_factor, "must be >= 1", "")
+
+    def _check_latency(self) -> None:
+        """The latency distribution, its growth under load and the rejections' latency."""
         _check_seconds("latency_median", self.latency_median)
         _check_seconds("latency_p99", self.latency_p99)
         if self.latency_p99 < self.latency_median or (
@@ -227,16 +248,6 @@ class FaultProfile:
         if _number("load_slowdown", self.load_slowdown) < 0.0:
             raise _bad("load_slowdown", self.load_slowdown, "must be >= 0", "0 disables it")
         _check_seconds("reject_latency", self.reject_latency)
-        if not isinstance(self.invalid_keys, tuple) or not all(
-            isinstance(key, str) for key in self.invalid_keys
-        ):
-            raise _bad("invalid_keys", "...", "must be a tuple of strings", 'e.g. ("invalid",)')
-        if (
-            isinstance(self.context_limit, bool)
-            or not isinstance(self.context_limit, int)
-            or self.context_limit < 1
-        ):
-            raise _bad("context_limit", self.context_limit, "must be an int >= 1 (tokens)", "")
 
     @property
     def counts_rejected(self) -> bool:

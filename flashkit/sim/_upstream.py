@@ -12,7 +12,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from types import EllipsisType
 from typing import Any, Final
 
@@ -21,6 +20,7 @@ import httpx
 from flashkit.client import LLMClient
 from flashkit.clock import Clock, SystemClock, default_clock
 from flashkit.errors import ValidationError
+from flashkit.sim._asgi import SimAsgiApp
 from flashkit.sim._content import (
     broken_content,
     detect,
@@ -35,16 +35,12 @@ from flashkit.sim._limits import LimitBook, LimitView
 from flashkit.sim._profile import FaultProfile, check_limit
 from flashkit.sim._stats import OUTCOMES, LoadSeries, SimStats
 
-__all__ = ["CHAT_PATHS", "SimAsgiApp", "SimTransport", "SimulatedUpstream", "format_duration"]
+__all__ = ["CHAT_PATHS", "SimTransport", "SimulatedUpstream", "format_duration"]
 
 CHAT_PATHS: Final = frozenset({"/v1/chat/completions", "/chat/completions"})
 VIRTUAL_EPOCH: Final = 1_735_689_600.0  # 2025-01-01T00:00:00Z: wall time 0 of a virtual clock
 _Z99: Final = 2.3263478740408408  # the standard normal's 99th percentile
 _JSON: Final = "application/json"
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 def _error(message: str, kind: str, code: str | None) -> bytes:
@@ -278,10 +274,7 @@ class SimulatedUpstream:
         return self.clock.now() - self._start
 
     def set_limits(
-        self,
-        *,
-        rpm: float | EllipsisType | None = ...,
-        tpm: float | EllipsisType | None = ...,
+        self, *, rpm: float | EllipsisType | None = ..., tpm: float | EllipsisType | None = ...
     ) -> None:
         """Change the per-key limits from now on (``None``: no limit; omitted: unchanged).
         Live state is kept: a bucket shrinks to the new size at once, a window keeps its count."""
@@ -345,7 +338,7 @@ class SimulatedUpstream:
         cancelled = True
         try:
             if plan.delay > 0.0:
-                await self.clock.async_sleep(plan.delay)
+                await self.clock.sleep(plan.delay)
             cancelled = False
         finally:
             self._finish(plan, second, cancelled)
@@ -404,26 +397,10 @@ class SimulatedUpstream:
         return _Plan(status, body, stat, self.profile.reject_latency, headers)
 
     def _plan(self, request: httpx.Request, raw: bytes, t: float) -> _Plan:
-        profile = self.profile
-        if request.url.path not in CHAT_PATHS:
-            return self._reject(404, _NOT_FOUND, "invalid_requests")
-        if request.method != "POST":
-            return self._reject(405, _NOT_ALLOWED, "invalid_requests", {"allow": "POST"})
-        key = _bearer(request.headers.get("authorization"))
-        if key is None:
-            return self._reject(401, _NO_KEY, "auth_errors")
-        if key in profile.invalid_keys:
-            return self._reject(401, _BAD_KEY, "auth_errors")
-        rng = self._rng
-        if profile.outages and _in_windows(profile.outages, t):
-            if rng.random() < profile.outage_connect_fraction:
-                plan = self._reject(0, b"", "connect_errors")
-                plan.error = httpx.ConnectError(
-                    "simulated outage: connection refused", request=request
-                )
-                return plan
-            return self._reject(503, _SERVER_ERRORS[503], "server_errors")
-
+        gate = self._gate(request, t)
+        if isinstance(gate, _Plan):
+            return gate
+        key = gate
         body = self._parse(raw)
         if isinstance(body, bytes):
             return self._reject(400, body, "invalid_requests")
@@ -432,20 +409,14 @@ class SimulatedUpstream:
             4 + estimate_tokens(str(m.get("content", "")) if isinstance(m, dict) else str(m))
             for m in messages
         )
-        if prompt + (max_tokens or 0) > profile.context_limit:
-            message = (
-                f"This model's maximum context length is {profile.context_limit} tokens. However, "
-                f"you requested {prompt + (max_tokens or 0)} tokens ({prompt} in the messages, "
-                f"{max_tokens or 0} in the completion). Please reduce the length of the messages "
-                "or completion."
-            )
-            error = _error(message, "invalid_request_error", "context_length_exceeded")
-            return self._reject(400, error, "invalid_requests")
+        reserved = prompt + (max_tokens or 0)
+        profile = self.profile
+        if reserved > profile.context_limit:
+            return self._too_long(prompt, max_tokens)
         cap = profile.spend_cap_tokens
         if cap is not None and self._spent >= cap:
             return self._reject(429, _SPEND_CAP, "rate_limited").with_kind("spend_cap")
 
-        reserved = prompt + (max_tokens or 0)
         headers: dict[str, str] = {}
         if self._schedule:
             self._apply_schedule(t)
@@ -462,7 +433,57 @@ class SimulatedUpstream:
             body_ = _OVERLOADED if status == 529 else _SERVER_ERRORS[503]
             plan = self._reject(status, body_, "overloaded" if status == 529 else "server_errors")
             return plan.settling(key, -reserved)
+        return self._draw(key, model, messages, max_tokens, prompt, headers, in_flight, t)
 
+    def _gate(self, request: httpx.Request, t: float) -> _Plan | str:
+        """The route, the method, the API key and outages: a rejection, or the key."""
+        profile = self.profile
+        if request.url.path not in CHAT_PATHS:
+            return self._reject(404, _NOT_FOUND, "invalid_requests")
+        if request.method != "POST":
+            return self._reject(405, _NOT_ALLOWED, "invalid_requests", {"allow": "POST"})
+        key = _bearer(request.headers.get("authorization"))
+        if key is None:
+            return self._reject(401, _NO_KEY, "auth_errors")
+        if key in profile.invalid_keys:
+            return self._reject(401, _BAD_KEY, "auth_errors")
+        if profile.outages and _in_windows(profile.outages, t):
+            if self._rng.random() < profile.outage_connect_fraction:
+                plan = self._reject(0, b"", "connect_errors")
+                plan.error = httpx.ConnectError(
+                    "simulated outage: connection refused", request=request
+                )
+                return plan
+            return self._reject(503, _SERVER_ERRORS[503], "server_errors")
+        return key
+
+    def _too_long(self, prompt: int, max_tokens: int | None) -> _Plan:
+        """The 400 for a request longer than the context."""
+        limit = self.profile.context_limit
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, "
+            f"you requested {prompt + (max_tokens or 0)} tokens ({prompt} in the messages, "
+            f"{max_tokens or 0} in the completion). Please reduce the length of the messages "
+            "or completion."
+        )
+        error = _error(message, "invalid_request_error", "context_length_exceeded")
+        return self._reject(400, error, "invalid_requests")
+
+    def _draw(
+        self,
+        key: str,
+        model: str,
+        messages: list[Any],
+        max_tokens: int | None,
+        prompt: int,
+        headers: dict[str, str],
+        in_flight: int,
+        t: float,
+    ) -> _Plan:
+        """An admitted request's fate: its random draws (always four, in this order), its
+        latency, then an injected fault or the answer."""
+        profile, rng = self.profile, self._rng
+        reserved = prompt + (max_tokens or 0)
         fault, z, body_fault, variant = (
             rng.random(),
             rng.gauss(0.0, 1.0),
@@ -630,20 +651,6 @@ class SimulatedUpstream:
         plan.prompt = prompt
         plan.completion = completion
         return plan.settling(key, prompt + completion - reserved)
-
-
-class SimAsgiApp:
-    """ASGI 3 callable serving ``upstream`` (see :mod:`flashkit.sim._server`)."""
-
-    __slots__ = ("upstream",)
-
-    def __init__(self, upstream: SimulatedUpstream) -> None:
-        self.upstream = upstream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from flashkit.sim._server import handle_asgi
-
-        await handle_asgi(self.upstream, scope, receive, send)
 
 
 class SimTransport(httpx.AsyncBaseTransport):

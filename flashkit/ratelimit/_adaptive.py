@@ -1,54 +1,39 @@
-"""A rate limiter that learns the upstream's real limit: AIMD plus what the headers say.
+"""A limiter that learns the upstream's real limit: AIMD plus what rate-limit headers say.
 
 >>> limiter = AdaptiveRateLimiter(initial_rate=60, period=60.0)   # a first guess: 60 per minute
->>> await limiter.acquire()                                       # paced at the current estimate
+>>> grant = await limiter.acquire()                               # paced at the current estimate
 >>> limiter.observe(response)        # 2xx: success; 429: back off; headers: jump to the limit
 
-How it learns (times in seconds, read from ``clock``; rates in units per ``period``):
-
-- **Pacing.** Grants are spaced ``1 / rate`` apart (``burst`` units may pass at once), first come,
-  first served. Nothing is granted before a server's ``retry-after`` has expired.
-- **Additive increase.** At the end of every ``interval`` in which calls succeeded, none was
-  answered 429 and the limiter was busy (at least half its rate was used), the rate grows by
-  ``increase`` (a fraction of the rate at the last decrease, so steps scale with the operating
-  point); every further clean interval in a row adds one more step (capped at 8), so a raised
-  limit is found quickly. Before the first 429 the rate doubles per clean interval (slow start).
-- **Multiplicative decrease.** A 429 cuts the rate to ``backoff_ratio`` times itself (0.9, as in
-  Netflix's AIMD) — at most once per ``interval``, since the 429s of calls already in flight say
-  nothing new — and never below what the upstream demonstrably accepted lately (successes per
-  second over the last interval, or over enough intervals to hold about 20 successes at the
-  current rate, at most 10) unless that is less than half the rate (a sharp drop of the real
-  limit is followed at once).
-  ``retry_after`` blocks every grant until it has passed.
-- **Header-informed jumps.** When a response carries rate-limit headers (OpenAI
-  ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``, OpenRouter ``x-ratelimit-*``) with a
-  ``limit``, the rate jumps to ``headroom`` (0.98) times that limit per ``header_period`` (60 s),
-  which also caps additive increase. ``remaining`` 0 blocks grants for one refill step
-  (``reset / (limit - remaining)``).
-
-Feedback comes from the caller: :meth:`observe` (a response or its headers, and the status),
-or :meth:`on_success` / :meth:`on_rate_limited`. :class:`flashkit.client.LLMClient` calls them.
-The acquire interface is :class:`~flashkit.ratelimit.RateLimiter`'s: ``await acquire()``,
-``try_acquire()`` and ``adjust()``; ``key`` is accepted for compatibility and ignored (one
-upstream, one learned limit). One event loop at a time; state changes are thread-safe.
+Rates are units per ``period``, times seconds on ``clock``; ``key`` is accepted and ignored (one
+upstream, one learned limit). How and why it learns: ``docs/design/adaptive-ratelimit.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import httpx
 
+from flashkit._flow import run_async, run_sync
 from flashkit._headers import LimitInfo, parse_rate_limit_headers, retry_after_seconds
 from flashkit.clock import Clock, default_clock
 from flashkit.errors import RateLimitError, ValidationError
-from flashkit.ratelimit import RateLimitResult
+from flashkit.ratelimit._base import (
+    Grant,
+    LimiterBase,
+    Nap,
+    RateLimitResult,
+    check_actual,
+    check_count,
+    nap_async,
+    nap_sync,
+    settlement,
+)
 
 __all__ = ["AdaptiveRateLimiter", "AdaptiveStats"]
 
@@ -97,7 +82,7 @@ def _positive(value: object, what: str, hint: str, *, allow_inf: bool = False) -
     return number
 
 
-class AdaptiveRateLimiter:
+class AdaptiveRateLimiter(LimiterBase):
     """A pacer whose rate (units per ``period`` seconds) is learned from upstream feedback.
 
     Args (keyword-only; times in seconds, rates in units per ``period``):
@@ -176,7 +161,7 @@ class AdaptiveRateLimiter:
         self.clock = clock if clock is not None else default_clock()
         self._now = self.clock.now
 
-        self._lock = threading.Lock()
+        super().__init__()
         self._rps = self._clamp(rate) / self.period  # units per second
         self._ceiling = math.inf  # units per second, from headers
         self._anchor = self._rps  # the rate at the last decrease (scales the additive step)
@@ -196,10 +181,6 @@ class AdaptiveRateLimiter:
         self._hold_until = -math.inf
         self._waiters = 0
         self._async_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-        # counters
-        self._admitted = 0
-        self._admitted_units = 0.0
-        self._rejected = 0
         self._successes = 0
         self._limited = 0
         self._increases = 0
@@ -376,21 +357,13 @@ class AdaptiveRateLimiter:
 
     def _commit(self, at: float, count: float) -> None:
         self._tat = max(self._tat, at) + count / self._rps
-        self._admitted += 1
-        self._admitted_units += count
+        self._counters.admitted += 1
+        self._counters.admitted_units += count
         self._iv_grants += count
-
-    def _check(self, count: float, where: str) -> float:
-        if isinstance(count, bool) or not isinstance(count, int | float) or not count > 0:
-            raise ValidationError(
-                f"{self.name}.{where}: count must be a number of units > 0, got {count!r}",
-                code="invalid_count",
-            )
-        return float(count)
 
     def try_acquire(self, key: str = "default", count: float = 1) -> RateLimitResult:
         """Admit ``count`` units now if the current estimate allows; never waits."""
-        n = self._check(count, "try_acquire")
+        n = check_count(count, f"{self.name}.try_acquire")
         now = self._now()
         with self._lock:
             self._roll(now)
@@ -398,12 +371,20 @@ class AdaptiveRateLimiter:
             if at <= now + _EPS and not self._waiters:
                 self._commit(now, n)
                 return RateLimitResult(True, self._remaining(now), 0.0, self._tat)
-            self._rejected += 1
+            self._counters.rejected += 1
             return RateLimitResult(False, 0.0, max(0.0, at - now), self._tat)
 
     def _remaining(self, now: float) -> float:
         slack = now - (self._tat - self.burst / self._rps)
         return max(0.0, min(self.burst, slack * self._rps))
+
+    def remaining(self, key: str = "default") -> float:
+        """Units that could be admitted right now (0.0 while others wait or a block holds)."""
+        now = self._now()
+        with self._lock:
+            if self._waiters or self._blocked_until > now:
+                return 0.0
+            return self._remaining(now)
 
     def _loop_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -412,27 +393,22 @@ class AdaptiveRateLimiter:
             pair = self._async_lock = (loop, asyncio.Lock())
         return pair[1]
 
-    async def acquire(
-        self, key: str = "default", count: float = 1, timeout: float | None = None
-    ) -> float:
-        """Wait until ``count`` units are admitted; return the seconds waited.
-
-        Waiters are served in arrival order, each at the rate current when its turn comes. When
-        the expected wait exceeds ``timeout`` seconds, raises
-        :class:`~flashkit.errors.RateLimitError` at once (``retry_after`` = the expected wait).
-        """
-        n = self._check(count, "acquire")
+    def _enter(
+        self, key: str, count: float, timeout: float | None, where: str
+    ) -> Grant | tuple[float, float]:
+        """Admit at once (a Grant) or join the queue (units, since when); raises when the
+        expected wait exceeds ``timeout``."""
+        n = check_count(count, f"{self.name}.{where}")
         now = self._now()
         with self._lock:
             self._roll(now)
-            if not self._waiters:
-                at = self._earliest(now, n)
-                if at <= now + _EPS:
-                    self._commit(now, n)
-                    return 0.0
+            if not self._waiters and self._earliest(now, n) <= now + _EPS:
+                self._commit(now, n)
+                self._counters.waits[0] += 1
+                return Grant(key, n, 0.0, now, self)
             expected = self._earliest(now, n) - now + self._waiters * n / self._rps
             if timeout is not None and expected > timeout + _EPS:
-                self._rejected += 1
+                self._counters.rejected += 1
                 raise RateLimitError(
                     f"{self.name}: {n:g} units would wait about {expected:.3g} s, more than "
                     f"timeout={timeout:g} s",
@@ -441,56 +417,88 @@ class AdaptiveRateLimiter:
                     retry_after=expected,
                 )
             self._waiters += 1
-        start = now
+            return n, now
+
+    def _waiting(self, key: str, queued: tuple[float, float]) -> Generator[Nap, bool, Grant]:
+        """A queued caller at the head: sleeps until the rate then current admits it."""
+        n, start = queued
+        while True:
+            now = self._now()
+            with self._lock:
+                self._roll(now)
+                at = self._earliest(now, n)
+                if at <= now + _EPS:
+                    self._commit(now, n)
+                    self._counters.waited(now - start)
+                    return Grant(key, n, now - start, now, self)
+            yield Nap(self.clock, at, at - now)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._waiters -= 1
+
+    async def acquire(
+        self, key: str = "default", count: float = 1, *, timeout: float | None = None
+    ) -> Grant:
+        """Wait until ``count`` units are admitted; the :class:`Grant` says how long it took.
+
+        Waiters are served in arrival order, each at the rate current when its turn comes. When
+        the expected wait exceeds ``timeout`` seconds, raises
+        :class:`~flashkit.errors.RateLimitError` at once (``retry_after`` = the expected wait).
+        """
+        queued = self._enter(key, count, timeout, "acquire")
+        if isinstance(queued, Grant):
+            return queued
         try:
             async with self._loop_lock():
-                while True:
-                    now = self._now()
-                    with self._lock:
-                        self._roll(now)
-                        at = self._earliest(now, n)
-                        if at <= now + _EPS:
-                            self._commit(now, n)
-                            return now - start
-                    await self.clock.async_sleep(at - now)
+                return await run_async(self._waiting(key, queued), nap_async)
         finally:
-            with self._lock:
-                self._waiters -= 1
+            self._leave()
 
-    def adjust(
-        self,
-        target: str,
-        actual_count: float,
-        *,
-        estimated_count: float | None = None,
-        admitted_at: float | None = None,
+    def acquire_sync(
+        self, key: str = "default", count: float = 1, *, timeout: float | None = None
+    ) -> Grant:
+        """Sync twin of :meth:`acquire` (blocks the calling thread; threads are not queued in
+        order among themselves)."""
+        queued = self._enter(key, count, timeout, "acquire_sync")
+        if isinstance(queued, Grant):
+            return queued
+        try:
+            return run_sync(self._waiting(key, queued), nap_sync)
+        finally:
+            self._leave()
+
+    def adjust_sync(
+        self, target: Grant | str, actual_count: float, *, estimated_count: float | None = None
     ) -> float:
-        """Reconcile an estimated cost with the actual one (see ``RateLimiter.adjust``):
-        shifts the pacing schedule by the difference. Returns units charged (> 0) or refunded.
-        ``admitted_at`` is accepted for the same interface; a pacer has one schedule."""
-        if estimated_count is None:
-            raise ValidationError(
-                f"{self.name}.adjust: pass estimated_count= (the units acquired)",
-                code="invalid_count",
-            )
-        delta = float(actual_count) - float(estimated_count)
+        """Reconcile an estimated cost with the actual one: shifts the pacing schedule by the
+        difference. Returns units charged (> 0) or refunded (< 0). ``target`` is the
+        :class:`Grant` or a key with ``estimated_count=`` (a pacer has one schedule: when the
+        grant was admitted does not matter)."""
+        actual = check_actual(actual_count, f"{self.name}.adjust")
+        _, estimate, _ = settlement(self, target, estimated_count, f"{self.name}.adjust")
+        delta = actual - estimate
         now = self._now()
         with self._lock:
             shifted = self._tat + delta / self._rps
             # A refund never moves the schedule into the past beyond one burst.
             self._tat = max(shifted, now - self.burst / self._rps) if delta < 0 else shifted
-            self._admitted_units += delta
+            if delta < 0:
+                self._counters.refunded -= delta
+            else:
+                self._counters.admitted_units += delta
         return delta
 
     @property
-    def stats(self) -> AdaptiveStats:
-        """An :class:`AdaptiveStats` snapshot."""
+    def learning(self) -> AdaptiveStats:
+        """An :class:`AdaptiveStats` snapshot: the estimate and the feedback behind it."""
         with self._lock:
+            counters = self._counters
             return AdaptiveStats(
                 rate=self.rate,
-                admitted=self._admitted,
-                admitted_units=self._admitted_units,
-                rejected=self._rejected,
+                admitted=counters.admitted,
+                admitted_units=counters.admitted_units,
+                rejected=counters.rejected,
                 successes=self._successes,
                 rate_limited=self._limited,
                 increases=self._increases,

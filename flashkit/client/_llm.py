@@ -10,11 +10,9 @@ this order:
 
 1. the **gate**: nothing is sent before a server's ``retry-after`` (from any earlier answer of
    this client) has expired;
-2. the **limiter**: a local :class:`~flashkit.ratelimit.RateLimiter` or
-   :class:`~flashkit.ratelimit.MultiLimit` (requests and tokens), a
-   :class:`~flashkit.redis_ratelimit.RedisRateLimiter`, or an
-   :class:`~flashkit.adaptive.AdaptiveRateLimiter`; tokens are reserved as ``max_tokens`` plus a
-   prompt estimate and reconciled with the answer's ``usage`` (``adjust``);
+2. the **limiters**: any :class:`~flashkit.ratelimit.Limiter` counting requests
+   (``limiter=``) and one counting LLM tokens (``token_limiter=``): tokens are acquired as
+   ``max_tokens`` plus a prompt estimate and settled with the answer's ``usage`` (``adjust``);
 3. the **breaker** (:class:`~flashkit.breaker.CircuitBreaker`; 429s do not count against it);
 4. the **HTTP exchange** under ``attempt_timeout`` seconds (really cancelled), optionally
    **hedged**: with ``hedge_after`` set, a second request goes out when the first is slow (paid
@@ -35,28 +33,36 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import hashlib
 import json
 import logging
-import math
-import os
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 import httpx
 from opentelemetry import trace
 
 from flashkit._headers import LimitInfo, parse_rate_limit_headers
-from flashkit.adaptive import AdaptiveRateLimiter
 from flashkit.breaker import CircuitBreaker, CircuitState
 from flashkit.budget import RetryBudget
+from flashkit.client._setup import (
+    api_key_for,
+    check_seconds,
+    check_whole,
+    default_breaker,
+    retry_policy,
+)
+from flashkit.client._types import (
+    DEFAULT_MODEL,
+    PROVIDERS,
+    ChatCache,
+    ChatResult,
+    Usage,
+    chat_cache_key,
+    malformed,
+)
 from flashkit.clock import Clock, default_clock
 from flashkit.errors import (
-    AuthenticationError,
-    ErrorCategory,
     ExternalServiceError,
     RateLimitError,
     StructuredError,
@@ -64,194 +70,41 @@ from flashkit.errors import (
     classify,
     redact,
 )
-from flashkit.ratelimit import MultiLimit, RateLimiter
-from flashkit.redis_ratelimit import RedisRateLimiter
-from flashkit.retry import Jitter, RetryConfig, RetryEvent
+from flashkit.ratelimit import Grant, Limiter
+from flashkit.retry import RetryConfig, RetryEvent
 from flashkit.retry import retry as _retry
 from flashkit.telemetry import ClientCall, ClientInstruments, current_telemetry
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "PROVIDERS",
-    "ChatCache",
-    "ChatResult",
-    "LLMClient",
-    "Provider",
-    "Usage",
-    "breaker_handles",
-    "chat_cache_key",
-]
+__all__ = ["LLMClient"]
 
 logger = logging.getLogger("flashkit.client")
 
-DEFAULT_MODEL: Final = "anthropic/claude-3.5-sonnet"
 _MAX_HEADER_HOLD: Final = 60.0  # seconds: longest hold a "remaining: 0" header can cause
 _RATELIMIT_PREFIXES: Final = (b"x-ratelimit", b"anthropic-ratelimit")
 
-Limiter = RateLimiter | MultiLimit | RedisRateLimiter | AdaptiveRateLimiter
 
-
-@dataclass(frozen=True, slots=True)
-class Provider:
-    """Where a provider lives: ``base_url``, the environment variables its key may come from (in
-    order), and whether a key is needed at all."""
-
-    name: str
-    base_url: str
-    key_env: tuple[str, ...]
-    needs_key: bool = True
-
-
-PROVIDERS: Final[Mapping[str, Provider]] = {
-    "openrouter": Provider(
-        "openrouter", "https://openrouter.ai/api/v1", ("FLASHKIT_API_KEY", "OPENROUTER_API_KEY")
-    ),
-    "openai": Provider(
-        "openai", "https://api.openai.com/v1", ("FLASHKIT_API_KEY", "OPENAI_API_KEY")
-    ),
-    "sim": Provider("sim", "http://sim.flashkit.invalid/v1", ("FLASHKIT_API_KEY",), False),
-}
-"""Provider presets: ``openrouter`` (default), ``openai`` (any OpenAI-compatible server with
-``base_url=``) and ``sim`` (flashkit's simulated upstream, in process; no key needed)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts an answer reports."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-    @classmethod
-    def from_json(cls, data: object) -> Usage | None:
-        if not isinstance(data, dict):
-            return None
-        try:
-            prompt = int(data.get("prompt_tokens", data.get("input_tokens", 0)) or 0)
-            completion = int(data.get("completion_tokens", data.get("output_tokens", 0)) or 0)
-            total = int(data.get("total_tokens", prompt + completion) or 0)
-        except (TypeError, ValueError):
-            return None
-        return cls(prompt, completion, total)
-
-
-@dataclass(frozen=True, slots=True)
-class ChatResult:
-    """One successful chat call.
-
-    ``content``: the assistant's text; ``usage``: token counts (None if not reported);
-    ``attempts``: attempts made (1 = first try); ``latency``: seconds from the call to the answer
-    (waits and retries included); ``limiter_wait``: seconds spent waiting for the limiter;
-    ``hedged``: a hedge request was sent; ``finish_reason``, ``model`` and ``request_id`` as the
-    provider reported them; ``cached``: answered from the client's cache (then ``attempts`` is 0
-    and nothing was sent); ``raw``: the decoded response body.
-    """
-
-    content: str
-    model: str
-    usage: Usage | None
-    attempts: int
-    latency: float
-    limiter_wait: float = 0.0
-    hedged: bool = False
-    finish_reason: str | None = None
-    request_id: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    cached: bool = False
-
-
-class ChatCache(Protocol):
-    """What the client needs of a cache (:class:`flashkit.cache.CacheService` is one): async
-    ``get(key)`` (None on a miss) and ``set(key, value)`` of JSON-able values."""
-
-    async def get(self, key: str) -> Any: ...
-
-    async def set(self, key: str, value: Any, ttl: float | None = None) -> None: ...
-
-
-def chat_cache_key(host: str, body: Mapping[str, Any]) -> str:
-    """The cache key of a chat request: SHA-256 of the canonical JSON of the server's host and
-    the request body (model, messages, sampling parameters): the same in every process and
-    Python version."""
-    canonical = json.dumps(
-        {"host": host, "body": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
+@dataclasses.dataclass(slots=True, eq=False)
 class _Call:
     """Per-call state shared by its attempts."""
 
-    __slots__ = (
-        "admitted",
-        "attempt",
-        "content",
-        "delays",
-        "estimate",
-        "hedged",
-        "idempotent",
-        "limiter_wait",
-        "parse",
-        "parsed",
-        "prompt_estimate",
-        "rec",
-        "start",
-    )
-
-    def __init__(
-        self,
-        content: bytes,
-        estimate: int,
-        prompt_estimate: int,
-        start: float,
-        idempotent: bool,
-        parse: Callable[[str], Any] | None,
-    ) -> None:
-        self.content = content
-        self.estimate = estimate
-        self.prompt_estimate = prompt_estimate
-        self.start = start
-        self.idempotent = idempotent
-        self.parse = parse
-        self.parsed: Any = None
-        self.attempt = 0
-        self.limiter_wait = 0.0
-        # id(token limiter) -> when the latest estimate was admitted, on the limiter's time axis
-        self.admitted: dict[int, float] = {}
-        self.hedged = False
-        self.rec: ClientCall | None = None
-        self.delays: list[float] = []
+    content: bytes
+    estimate: int  # LLM tokens the limiter is charged: max_tokens + the prompt estimate
+    prompt_estimate: int
+    start: float
+    idempotent: bool
+    parse: Callable[[str], Any] | None
+    parsed: Any = None
+    attempt: int = 0
+    limiter_wait: float = 0.0
+    token_grant: Grant | None = None  # the estimate's grant, until settled
+    hedged: bool = False
+    rec: ClientCall | None = None
+    delays: list[float] = dataclasses.field(default_factory=list)
 
 
 _CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
     "flashkit_client_call", default=None
 )
-
-
-def breaker_handles(error: BaseException) -> bool:
-    """The client's breaker policy (its ``handled``): rate limits, bad requests and bad keys say
-    nothing about the upstream's health and do not count; every other failure does."""
-    if isinstance(error, StructuredError):
-        return error.category not in (
-            ErrorCategory.VALIDATION,
-            ErrorCategory.AUTHENTICATION,
-            ErrorCategory.RATE_LIMIT,
-        )
-    return isinstance(error, Exception)
-
-
-def _malformed(what: str, response: httpx.Response | None = None) -> ExternalServiceError:
-    details: dict[str, Any] = {}
-    if response is not None:
-        details["status_code"] = response.status_code
-    return ExternalServiceError(
-        f"malformed response: {what}", code="malformed_response", details=details, retryable=True
-    )
-
-
-def _count_for(limit: RateLimiter, tokens: float) -> float:
-    return tokens if "token" in limit.name.lower() else 1
 
 
 class LLMClient:
@@ -267,11 +120,11 @@ class LLMClient:
         transport: an httpx async transport (tests, the simulator); default: the network.
             ``provider="sim"`` needs one (``SimulatedUpstream.transport()`` from
             :mod:`flashkit.sim`) or the ``base_url`` of a ``flashkit sim serve``.
-        limiter: requests limiter (``RateLimiter``, ``MultiLimit``, ``RedisRateLimiter`` or
-            ``AdaptiveRateLimiter``); default none. In a ``MultiLimit``, limits whose ``name``
-            contains "token" are charged the token estimate, the others 1.
-        token_limiter: tokens limiter (``RateLimiter``, ``AdaptiveRateLimiter(unit="tokens")`` or
-            ``RedisRateLimiter``); charged ``max_tokens`` + the prompt estimate, then adjusted.
+        limiter: a :class:`~flashkit.ratelimit.Limiter` counting requests, 1 per attempt
+            (default none).
+        token_limiter: a :class:`~flashkit.ratelimit.Limiter` counting LLM tokens: charged
+            ``max_tokens`` + the prompt estimate per attempt, then settled with the answer's
+            ``usage`` (default none).
         token_refunds: when the answer's ``usage`` comes in below the estimate, give the rest
             back (default True: providers that settle their estimate, e.g. Anthropic's token
             buckets; the refund comes from this call's own grant and wakes queued callers).
@@ -316,7 +169,7 @@ class LLMClient:
         temperature: float | None = 0.7,
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: Limiter | None = None,
-        token_limiter: RateLimiter | AdaptiveRateLimiter | RedisRateLimiter | None = None,
+        token_limiter: Limiter | None = None,
         token_refunds: bool = True,
         limiter_key: str = "default",
         limiter_timeout: float | None = None,
@@ -350,64 +203,6 @@ class LLMClient:
                 code="invalid_config",
                 details={"field": "base_url"},
             )
-        key = api_key
-        if key is None:
-            for variable in preset.key_env:
-                if found := os.environ.get(variable):
-                    key = found
-                    break
-        if not key and preset.needs_key:
-            raise AuthenticationError(
-                f"LLMClient(provider={preset.name!r}): no API key configured; pass api_key=... or "
-                f"set one of {', '.join(preset.key_env)} (provider='sim' needs none)",
-                code="missing_api_key",
-            )
-        if not key and preset.name == "sim":
-            key = "sk-sim-local"  # the simulator wants some bearer token; any will do
-        self._secret = key or ""
-        self.model = model
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValidationError(
-                f"LLMClient(max_tokens={max_tokens!r}): must be an int >= 1, e.g. 2000",
-                code="invalid_config",
-                details={"field": "max_tokens"},
-            )
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        for label, value in (
-            ("attempt_timeout", attempt_timeout),
-            ("deadline", deadline),
-            ("hedge_after", hedge_after),
-            ("limiter_timeout", limiter_timeout),
-        ):
-            if value is not None and not (isinstance(value, int | float) and value > 0):
-                raise ValidationError(
-                    f"LLMClient({label}={value!r}): must be seconds > 0 or None",
-                    code="invalid_config",
-                    details={"field": label},
-                )
-        self.attempt_timeout = attempt_timeout
-        self.hedge_after = hedge_after
-        if max_in_flight is not None and (
-            isinstance(max_in_flight, bool)
-            or not isinstance(max_in_flight, int)
-            or max_in_flight < 1
-        ):
-            raise ValidationError(
-                f"LLMClient(max_in_flight={max_in_flight!r}): must be an int >= 1 or None",
-                code="invalid_config",
-                details={"field": "max_in_flight"},
-            )
-        self.max_in_flight = max_in_flight
-        self.cache = cache
-        self._slots: contextlib.AbstractAsyncContextManager[Any] = (
-            asyncio.Semaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
-        )
-        self.limiter_timeout = limiter_timeout
-        self.clock = clock if clock is not None else default_clock()
-        self._now = self.clock.now
-        self.name = name
-
         if transport is None and preset.name == "sim" and base_url is None:
             raise ValidationError(
                 "LLMClient(provider='sim'): pass transport=upstream.transport() (an in-process "
@@ -415,90 +210,80 @@ class LLMClient:
                 code="invalid_config",
                 details={"field": "transport"},
             )
-
-        default_headers = {"content-type": "application/json", "accept": "application/json"}
-        if headers:
-            default_headers.update(headers)
-        if self._secret:
-            default_headers["authorization"] = f"Bearer {self._secret}"
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            transport=transport,
-            headers=default_headers,
-            timeout=httpx.Timeout(None if attempt_timeout is None else attempt_timeout + 5.0),
+        self._secret = api_key_for(preset, api_key)
+        check_whole("max_tokens", max_tokens, "2000")
+        check_whole("max_in_flight", max_in_flight, "50", optional=True)
+        check_seconds(
+            attempt_timeout=attempt_timeout,
+            deadline=deadline,
+            hedge_after=hedge_after,
+            limiter_timeout=limiter_timeout,
         )
+        self.model = model
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.attempt_timeout = attempt_timeout
+        self.hedge_after = hedge_after
+        self.max_in_flight = max_in_flight
+        self.cache = cache
+        self._slots: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Semaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
+        )
+        self.clock = clock if clock is not None else default_clock()
+        self._now = self.clock.now
+        self.name = name
+        self._http = self._http_client(transport, headers, attempt_timeout)
         # Built once: a relative URL would be parsed and merged with base_url on every request.
         self._url = httpx.URL(str(self._http.base_url).rstrip("/") + "/chat/completions")
 
-        # --- limiters ---------------------------------------------------------------------
         self.limiter = limiter
         self.token_limiter = token_limiter
         self.token_refunds = token_refunds
         self.limiter_key = limiter_key
-        self._adaptive: tuple[AdaptiveRateLimiter, ...] = tuple(
-            lim for lim in (limiter, token_limiter) if isinstance(lim, AdaptiveRateLimiter)
-        )
-        # A user's MultiLimit is acquired atomically; separate limiters one after the other
-        # (requests, then tokens), each on its cheap fast path.
-        self._multi: MultiLimit | None = limiter if isinstance(limiter, MultiLimit) else None
-        self._token_adjust: list[RateLimiter | AdaptiveRateLimiter | RedisRateLimiter] = []
-        if isinstance(token_limiter, RateLimiter | AdaptiveRateLimiter | RedisRateLimiter):
-            self._token_adjust.append(token_limiter)
-        if isinstance(limiter, MultiLimit):
-            self._token_adjust.extend(lim for lim in limiter.limits if "token" in lim.name.lower())
+        self.limiter_timeout = limiter_timeout
         self._has_limiter = limiter is not None or token_limiter is not None
 
-        # --- breaker, budget, retry -------------------------------------------------------
         if breaker is None:
-            breaker = CircuitBreaker(
-                failure_threshold=0.5,
-                min_throughput=20,
-                sampling_duration=30.0,
-                break_duration=5.0,
-                handled=breaker_handles,
-                name=name,
-                clock=self.clock,
-            )
+            breaker = default_breaker(name, self.clock)
         self.breaker: CircuitBreaker | None = breaker or None
         if budget is None:
             budget = RetryBudget.finagle(clock=self.clock)
         self.budget: RetryBudget | None = budget or None
-        on_retry: Callable[[RetryEvent], None] = self._on_retry
-        on_giveup: Callable[[RetryEvent], None] = self._on_giveup
-        if retry is None:
-            config = RetryConfig(
-                5,
-                0.5,
-                30.0,
-                2.0,
-                Jitter.FULL,
-                deadline=deadline,
-                max_retry_after=120.0,
-                budget=self.budget,
-                clock=self.clock,
-                on_retry=on_retry,
-                on_giveup=on_giveup,
-            )
-            if rng is not None:
-                config = dataclasses.replace(config, rng=rng)
-        else:
-            config = dataclasses.replace(
-                retry,
-                rng=rng if rng is not None else retry.rng,
-                budget=self.budget,
-                clock=self.clock,
-                deadline=deadline if deadline is not None else retry.deadline,
-                attempt_timeout=None,  # applied by the client to the HTTP exchange only
-                on_retry=_chain(on_retry, retry.on_retry),
-                on_giveup=_chain(on_giveup, retry.on_giveup),
-            )
-        self.retry_config = config
-        self._run: Callable[[_Call], Awaitable[ChatResult]] = _retry(config)(self._attempt)
+        self.retry_config: RetryConfig = retry_policy(
+            retry,
+            budget=self.budget,
+            clock=self.clock,
+            deadline=deadline,
+            rng=rng,
+            on_retry=self._on_retry,
+            on_giveup=self._on_giveup,
+        )
+        self._run: Callable[[_Call], Awaitable[ChatResult]] = _retry(self.retry_config)(
+            self._attempt
+        )
 
         # Client-wide gate: no request before this clock time (a server's retry-after).
         self._blocked_until = -1.0e300
         self._instruments = ClientInstruments(clock=self.clock)
         self._host = self._http.base_url.host
+
+    def _http_client(
+        self,
+        transport: httpx.AsyncBaseTransport | None,
+        headers: Mapping[str, str] | None,
+        attempt_timeout: float | None,
+    ) -> httpx.AsyncClient:
+        default_headers = {"content-type": "application/json", "accept": "application/json"}
+        if headers:
+            default_headers.update(headers)
+        if self._secret:
+            default_headers["authorization"] = f"Bearer {self._secret}"
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            transport=transport,
+            headers=default_headers,
+            timeout=httpx.Timeout(None if attempt_timeout is None else attempt_timeout + 5.0),
+        )
 
     # --- public API -----------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -510,12 +295,7 @@ class LLMClient:
     async def __aenter__(self) -> LLMClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -674,7 +454,7 @@ class LLMClient:
             self._record(call, wrapped, None)
             raise wrapped from error
         usage = Usage.from_json(data.get("usage")) if isinstance(data, dict) else None
-        if usage is not None and self._token_adjust:  # counted even if the content is unusable
+        if usage is not None and call.token_grant is not None:  # counted even if unusable
             await self._reconcile(call, usage.total_tokens)
         result = self._result(call, response, data, usage)
         self._record(call, None, response.status_code)
@@ -683,18 +463,15 @@ class LLMClient:
     async def _admit(self, call: _Call) -> None:
         key = self.limiter_key
         timeout = self.limiter_timeout
+        limiter, token_limiter = self.limiter, self.token_limiter
         waited = 0.0
         while True:
-            if self._multi is not None:
-                counts = [_count_for(lim, call.estimate) for lim in self._multi.limits]
-                waited += await self._admit_tokens(call, self._multi, counts)
-                if self.token_limiter is not None:
-                    waited += await self._admit_tokens(call, self.token_limiter, call.estimate)
-            else:
-                if self.limiter is not None:
-                    waited += await self.limiter.acquire(key, 1, timeout)
-                if self.token_limiter is not None:
-                    waited += await self._admit_tokens(call, self.token_limiter, call.estimate)
+            if limiter is not None:
+                waited += (await limiter.acquire(key, 1, timeout=timeout)).waited
+            if token_limiter is not None:
+                grant = await token_limiter.acquire(key, call.estimate, timeout=timeout)
+                call.token_grant = grant
+                waited += grant.waited
             # A retry-after may have arrived while waiting: honour it, then go.
             now = self._now()
             if self._blocked_until <= now:
@@ -702,34 +479,16 @@ class LLMClient:
             await self._wait_gate(now)
         call.limiter_wait += waited
 
-    async def _admit_tokens(self, call: _Call, limiter: Any, count: Any) -> float:
-        """Acquire on a limiter that counts the token estimate and note when it was admitted on
-        the limiter's time axis (its clock; a RedisRateLimiter's server time), so the refund can
-        come from that very grant (``adjust(admitted_at=)``). Returns the seconds waited."""
-        key, timeout = self.limiter_key, self.limiter_timeout
-        if isinstance(limiter, RedisRateLimiter):
-            decision = await limiter.acquire_detailed(key, count, timeout)
-            if math.isfinite(decision.server_time):
-                call.admitted[id(limiter)] = decision.server_time
-            return decision.waited
-        start = self._now()
-        waited: float = await limiter.acquire(key, count, timeout)
-        for member in getattr(limiter, "limits", (limiter,)):
-            call.admitted[id(member)] = start + waited  # (no later than the grant)
-        return waited
-
     async def _reconcile(self, call: _Call, actual: int) -> None:
         """Settle the call's token estimate with what the upstream counted: charge usage above
-        it; refund the rest when ``token_refunds``."""
-        if not self._token_adjust or (actual < call.estimate and not self.token_refunds):
+        it; refund the rest when ``token_refunds`` (from the call's own grant)."""
+        grant, limiter = call.token_grant, self.token_limiter
+        if grant is None or limiter is None:
             return
-        key = self.limiter_key
-        for limit in self._token_adjust:
-            at = call.admitted.get(id(limit))
-            if isinstance(limit, RedisRateLimiter):
-                await limit.adjust_async(key, actual, estimated_count=call.estimate, admitted_at=at)
-            else:
-                limit.adjust(key, actual, estimated_count=call.estimate, admitted_at=at)
+        call.token_grant = None
+        if actual < call.estimate and not self.token_refunds:
+            return
+        await limiter.adjust(grant, actual)
 
     async def _wait_gate(self, now: float) -> None:
         """Sleep until the client-wide retry-after has passed, or fail at once when it is longer
@@ -742,7 +501,7 @@ class LLMClient:
                 code="retry_after_too_long",
                 retry_after=wait,
             )
-        await self.clock.async_sleep(wait)
+        await self.clock.sleep(wait)
 
     async def _exchange(self, call: _Call) -> tuple[httpx.Response, dict[str, Any]]:
         """Send (maybe hedged) under the attempt timeout, classify, decode. Raises
@@ -766,7 +525,7 @@ class LLMClient:
         status = response.status_code
         failure = classify(response) if status >= 400 else None
         self._learn(call, response, failure)
-        if status >= 400 and self._token_adjust:
+        if status >= 400 and call.token_grant is not None:
             # Rejected: the answer's tokens were never generated; keep the prompt's.
             await self._reconcile(call, call.prompt_estimate)
         if failure is not None:
@@ -774,12 +533,12 @@ class LLMClient:
         try:
             data = json.loads(response.content)
         except (ValueError, UnicodeDecodeError) as error:
-            raise _malformed(
+            raise malformed(
                 f"the body is not JSON ({type(error).__name__} at {len(response.content)} bytes)",
                 response,
             ) from error
         if not isinstance(data, dict):
-            raise _malformed(f"expected a JSON object, got {type(data).__name__}", response)
+            raise malformed(f"expected a JSON object, got {type(data).__name__}", response)
         return response, data
 
     async def _send(self, call: _Call) -> httpx.Response:
@@ -819,40 +578,33 @@ class LLMClient:
     def may_send_spare(self, *, reserve: int = 0) -> bool:
         """Whether one request beyond the calls in progress (a speculative copy) may go out now
         without holding up anyone: no server ``retry-after`` pending, the breaker closed, room
-        in the local limiters for it and for ``reserve`` more calls of ``max_tokens`` that the
-        caller still has to send (a shared or learning limiter: never), and a retry token from
-        the budget, which is taken."""
+        in the limiters (as each knows it without a round trip) for it and for ``reserve`` more
+        calls of ``max_tokens`` that the caller still has to send, and a retry token from the
+        budget, which is taken."""
         if self._blocked_until > self._now():
             return False
         if self.breaker is not None and self.breaker.state is not CircuitState.CLOSED:
             return False
         key, calls = self.limiter_key, 1 + max(0, reserve)
         tokens = calls * (self.max_tokens + 500)
-        for limiter, count in ((self.limiter, float(calls)), (self.token_limiter, float(tokens))):
-            if limiter is None:
-                continue
-            if isinstance(limiter, MultiLimit):
-                if any(m.remaining(key) < _count_for(m, tokens) * calls for m in limiter.limits):
-                    return False
-            elif not isinstance(limiter, RateLimiter) or limiter.remaining(key) < count:
+        for limiter, count in ((self.limiter, calls), (self.token_limiter, tokens)):
+            if limiter is not None and limiter.remaining(key) < count:
                 return False
         return self.budget is None or self.budget.try_acquire_retry()
 
     def _may_hedge(self, call: _Call) -> bool:
-        """A hedge is an extra request: paid from the retry budget and the limiter, never
-        waited for."""
+        """A hedge is an extra request: paid from the retry budget and the limiters, never
+        waited for (a limiter with no local room, e.g. a shared one, refuses it)."""
+        key = self.limiter_key
+        charges = ((self.limiter, 1), (self.token_limiter, call.estimate))
+        for limiter, count in charges:
+            if limiter is not None and limiter.remaining(key) < count:
+                return False
         if self.budget is not None and not self.budget.try_acquire_retry():
             return False
-        key = self.limiter_key
-        if self._multi is not None:
-            counts = [_count_for(lim, call.estimate) for lim in self._multi.limits]
-            return self._multi.try_acquire(key, counts).allowed
-        if isinstance(self.limiter, RateLimiter | AdaptiveRateLimiter):
-            if not self.limiter.try_acquire(key, 1).allowed:
-                return False
-        elif self.limiter is not None:
-            return False  # shared limiters: no free-riding hedges
-        return True
+        return all(
+            limiter is None or limiter.try_acquire(key, count).allowed for limiter, count in charges
+        )
 
     def _learn(self, call: _Call, response: httpx.Response, error: StructuredError | None) -> None:
         """Feed the rate-limit headers and a retry-after to the gate and the limiters."""
@@ -876,9 +628,10 @@ class LLMClient:
                             if until > self._blocked_until:
                                 self._blocked_until = until
                 break
-        for adaptive in self._adaptive:
-            info = tokens_info if adaptive.unit == "tokens" else requests_info
-            adaptive.observe_limits(info, status=status, retry_after=retry_after)
+        if self.limiter is not None:
+            self.limiter.observe_limits(requests_info, status=status, retry_after=retry_after)
+        if self.token_limiter is not None:
+            self.token_limiter.observe_limits(tokens_info, status=status, retry_after=retry_after)
 
     def _result(
         self, call: _Call, response: httpx.Response, data: dict[str, Any], usage: Usage | None
@@ -895,9 +648,9 @@ class LLMClient:
                     details={"status_code": response.status_code},
                     retryable=True,
                 ) from None
-            raise _malformed("no choices[0].message.content", response) from None
+            raise malformed("no choices[0].message.content", response) from None
         if not isinstance(content, str):
-            raise _malformed("message content is not text", response)
+            raise malformed("message content is not text", response)
         if call.parse is not None:
             try:
                 data["parsed"] = call.parse(content)
@@ -999,16 +752,3 @@ class LLMClient:
                     for arg in current.args
                 )
             current = current.__cause__ or current.__context__
-
-
-def _chain(
-    first: Callable[[RetryEvent], None], second: Callable[[RetryEvent], None] | None
-) -> Callable[[RetryEvent], None]:
-    if second is None:
-        return first
-
-    def both(event: RetryEvent) -> None:
-        first(event)
-        second(event)
-
-    return both

@@ -1,0 +1,126 @@
+"""How an :class:`~flashkit.client.LLMClient` is put together from its arguments: the key,
+checked settings, and the default breaker and retry policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+from flashkit.breaker import CircuitBreaker
+from flashkit.budget import RetryBudget
+from flashkit.client._types import Provider, breaker_handles
+from flashkit.clock import Clock
+from flashkit.errors import AuthenticationError, ValidationError
+from flashkit.retry import Jitter, RetryConfig, RetryEvent
+
+
+def api_key_for(preset: Provider, api_key: str | None) -> str:
+    """The key to send: ``api_key``, else the first of the provider's variables that is set;
+    raises when the provider needs one and there is none."""
+    key = api_key
+    if key is None:
+        for variable in preset.key_env:
+            if found := os.environ.get(variable):
+                key = found
+                break
+    if not key and preset.needs_key:
+        raise AuthenticationError(
+            f"LLMClient(provider={preset.name!r}): no API key configured; pass api_key=... or "
+            f"set one of {', '.join(preset.key_env)} (provider='sim' needs none)",
+            code="missing_api_key",
+        )
+    if not key and preset.name == "sim":
+        key = "sk-sim-local"  # the simulator wants some bearer token; any will do
+    return key or ""
+
+
+def check_seconds(**values: float | None) -> None:
+    """Each value is seconds > 0 or None."""
+    for label, value in values.items():
+        if value is not None and not (isinstance(value, int | float) and value > 0):
+            raise ValidationError(
+                f"LLMClient({label}={value!r}): must be seconds > 0 or None",
+                code="invalid_config",
+                details={"field": label},
+            )
+
+
+def check_whole(label: str, value: object, example: str, *, optional: bool = False) -> None:
+    """``value`` is an int >= 1 (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError(
+            f"LLMClient({label}={value!r}): must be an int >= 1{' or None' if optional else ''}"
+            f", e.g. {example}",
+            code="invalid_config",
+            details={"field": label},
+        )
+
+
+def default_breaker(name: str, clock: Clock) -> CircuitBreaker:
+    """50 % failures of at least 20 calls in 30 s open it for 5 s; 429s are not failures."""
+    return CircuitBreaker(
+        failure_threshold=0.5,
+        min_throughput=20,
+        sampling_duration=30.0,
+        break_duration=5.0,
+        handled=breaker_handles,
+        name=name,
+        clock=clock,
+    )
+
+
+def retry_policy(
+    retry: RetryConfig | None,
+    *,
+    budget: RetryBudget | None,
+    clock: Clock,
+    deadline: float | None,
+    rng: random.Random | None,
+    on_retry: Callable[[RetryEvent], None],
+    on_giveup: Callable[[RetryEvent], None],
+) -> RetryConfig:
+    """The user's ``retry`` with the client's clock, budget and hooks, or the default: 5
+    attempts, full jitter from 0.5 s up to 30 s, ``retry-after`` honoured up to 120 s."""
+    if retry is None:
+        config = RetryConfig(
+            5,
+            0.5,
+            30.0,
+            2.0,
+            Jitter.FULL,
+            deadline=deadline,
+            max_retry_after=120.0,
+            budget=budget,
+            clock=clock,
+            on_retry=on_retry,
+            on_giveup=on_giveup,
+        )
+        return config if rng is None else dataclasses.replace(config, rng=rng)
+    changes: dict[str, Any] = {
+        "rng": rng if rng is not None else retry.rng,
+        "budget": budget,
+        "clock": clock,
+        "deadline": deadline if deadline is not None else retry.deadline,
+        "attempt_timeout": None,  # applied by the client to the HTTP exchange only
+        "on_retry": _chain(on_retry, retry.on_retry),
+        "on_giveup": _chain(on_giveup, retry.on_giveup),
+    }
+    return dataclasses.replace(retry, **changes)
+
+
+def _chain(
+    first: Callable[[RetryEvent], None], second: Callable[[RetryEvent], None] | None
+) -> Callable[[RetryEvent], None]:
+    if second is None:
+        return first
+
+    def both(event: RetryEvent) -> None:
+        first(event)
+        second(event)
+
+    return both
