@@ -2,6 +2,8 @@
 #   make report   set up .venv, then run every benchmark and tuning notebook (papermill) into reports/
 #   make test     set up .venv, then ruff + codespell, mypy (strict), import contracts
 #                 (lint-imports) and pytest with flashkit's coverage (fails below the floor)
+#   make lab      JupyterLab on 127.0.0.1 (PORT=8888) with the `flashkit` kernel
+#   make dashboard  the breaker simulator and backoff explorer as Voila dashboards (PORT=8866)
 # The venv is (re)installed only when pyproject.toml changes.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -10,7 +12,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS := dev
 
-.PHONY: test report lint typecheck imports pytest bench clean setup
+.PHONY: test report lint typecheck imports pytest bench clean setup lab dashboard kernel
 
 setup: $(STAMP)
 
@@ -38,6 +40,20 @@ pytest: $(STAMP)
 	$(BIN)/pytest --cov=flashkit --cov-report=term
 
 test: lint typecheck imports pytest
+
+# The project's environment as a Jupyter kernel, installed into .venv itself (--sys-prefix).
+KERNEL := $(VENV)/share/jupyter/kernels/flashkit/kernel.json
+kernel: $(KERNEL)
+$(KERNEL): $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name flashkit --display-name "flashkit (.venv)"
+
+lab: $(KERNEL)
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(or $(PORT),8888) --no-browser \
+		--ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+dashboard: $(KERNEL)
+	$(BIN)/voila notebooks/dashboards --Voila.ip=127.0.0.1 --port=$(or $(PORT),8866) --no-browser \
+		$(DASHBOARD_ARGS)
 
 report: $(STAMP)
 	$(BIN)/python -m flashkit.report $(REPORT_ARGS)

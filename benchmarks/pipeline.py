@@ -59,14 +59,16 @@ def run_once(vocabulary: Path, words: int, durable: bool) -> dict[str, Any]:
         command = [sys.executable, "-m", "flashkit.cli", "process", str(vocabulary),
                    "--provider", "sim", "--profile", "flaky", "--seed", "1", "--db", db,
                    "-o", "out", "--limit", str(words)]  # fmt: skip
+        log = Path(folder) / "stderr.log"  # a file, not a pipe: a full pipe would block the run
         start = time.perf_counter()
-        proc = subprocess.Popen(  # noqa: S603 - our own command, our own arguments
-            command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
+        with log.open("w", encoding="utf-8") as stderr:
+            proc = subprocess.Popen(  # noqa: S603 - our own command, our own arguments
+                command, cwd=folder, stdout=subprocess.DEVNULL, stderr=stderr, text=True
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
-        errors = proc.stderr.read() if proc.stderr else ""
+        errors = log.read_text("utf-8", "replace")
         if proc.returncode != 0:
             raise RuntimeError(f"flashkit process failed ({proc.returncode}): {errors[-2000:]}")
         summary = json.loads((Path(folder) / "out" / "cards.json").read_text("utf-8"))["summary"]

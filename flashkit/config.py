@@ -113,16 +113,19 @@ class RetrySettings:
 class BreakerSettings:
     """The circuit breaker: open when at least ``failure_threshold`` of the calls of the last
     ``sampling_duration`` seconds failed (and at least ``min_throughput`` were made), for
-    ``break_duration`` seconds, doubled each time it opens again without having closed, up to
-    ``max_break_duration`` (a blip costs seconds; an outage is not probed every few seconds).
-    Rate limits, bad requests and bad keys do not count."""
+    ``break_duration`` seconds, times ``growth`` each time it opens again without having closed,
+    up to ``max_break_duration`` (a blip costs seconds; an outage is not probed every few
+    seconds); ``half_open_max_calls`` probes decide whether it closes. Rate limits, bad requests
+    and bad keys do not count."""
 
     enabled: bool = True
     failure_threshold: float = 0.5
     min_throughput: int = 20
     sampling_duration: float = 30.0
     break_duration: float = 5.0
+    growth: float = 2.0
     max_break_duration: float = 60.0
+    half_open_max_calls: int = 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -216,7 +219,9 @@ _BOUNDS: Final[Mapping[str, tuple[float | None, float | None]]] = {
     "breaker.min_throughput": (1, None),
     "breaker.sampling_duration": (1e-6, None),
     "breaker.break_duration": (1e-6, None),
+    "breaker.growth": (1, 16),
     "breaker.max_break_duration": (1e-6, None),
+    "breaker.half_open_max_calls": (1, 1000),
     "limits.rpm": (1, None),
     "limits.tpm": (1, None),
     "limits.burst": (1, None),
@@ -685,8 +690,9 @@ def build_client(
             min_throughput=breaker.min_throughput,
             sampling_duration=breaker.sampling_duration,
             break_duration_generator=lambda ctx: min(
-                longest, first * 2.0 ** (ctx.consecutive_opens - 1)
+                longest, first * breaker.growth ** (ctx.consecutive_opens - 1)
             ),
+            half_open_max_calls=breaker.half_open_max_calls,
             handled=breaker_handles,
             name=name,
             clock=clock,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as dt
 import html
 import json
@@ -23,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from flashkit._landing import landing_markdown
 
 __all__ = [
     "EntryResult",
@@ -353,11 +356,19 @@ def run_report(
         _section_cells(number, outcome, nb, report_root)
         for number, (outcome, nb) in enumerate(zip(outcomes, notebooks, strict=True))
     ]
+    back = nbformat_cell("[← the report: success metrics, benchmark targets](index.html)")
     for outcome, cells in zip(outcomes, sections, strict=True):
-        _write_html(outcome.html, outcome.entry.title, cells)
-    header = _header_cell(outcomes, smoke=smoke, commit=commit, generated=generated)
+        _write_html(outcome.html, outcome.entry.title, [back, *cells])
+    landing = landing_markdown(
+        [dataclasses.replace(o, parameters=_display_parameters(o)) for o in outcomes],
+        results=results_dir,
+        smoke=smoke,
+        commit=commit,
+        generated=generated.strftime("%Y-%m-%d %H:%M:%S"),
+        command="make report" + (" REPORT_ARGS=--smoke" if smoke else ""),
+    )
     index = output_dir / "index.html"
-    _write_html(index, "flashkit report", [header, *(cell for cells in sections for cell in cells)])
+    _write_html(index, "flashkit report", [nbformat_cell(landing)])
 
     summary = output_dir / "summary.json"
     summary.write_text(
@@ -543,32 +554,9 @@ def _anchor(result: EntryResult) -> str:
     return f"nb-{result.entry.name}"
 
 
-def _header_cell(
-    outcomes: Sequence[EntryResult], *, smoke: bool, commit: str, generated: dt.datetime
-) -> Any:
-    nbformat = _nbformat()
-
-    failed = sum(not outcome.ok for outcome in outcomes)
-    mode = "smoke (small CI parameters)" if smoke else "full"
-    lines = [
-        "# flashkit report",
-        "",
-        f"- Generated: {generated.strftime('%Y-%m-%d %H:%M:%S')} UTC",
-        f"- Commit: {_md(commit)}",
-        f"- Mode: {mode}",
-        f"- Notebooks: {len(outcomes)} run, {len(outcomes) - failed} ok, {failed} failed",
-        "",
-        "| notebook | title | status | wall seconds | parameters |",
-        "|---|---|---|---:|---|",
-    ]
-    for outcome in outcomes:
-        status = "ok" if outcome.ok else "**FAILED**"
-        lines.append(
-            f"| [{_md(outcome.entry.name)}](#{_anchor(outcome)}) | {_md(outcome.entry.title)} "
-            f"| {status} | {outcome.seconds:.1f} "
-            f"| {_md(_format_parameters(_display_parameters(outcome)))} |"
-        )
-    return nbformat.v4.new_markdown_cell("\n".join(lines))
+def nbformat_cell(markdown: str) -> Any:
+    """A Markdown cell for the HTML pages."""
+    return _nbformat().v4.new_markdown_cell(markdown)
 
 
 def _section_cells(number: int, result: EntryResult, executed_nb: Any, root: Path) -> list[Any]:

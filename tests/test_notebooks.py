@@ -50,11 +50,14 @@ def test_every_notebook_runs_clean(report) -> None:  # type: ignore[no-untyped-d
 
 
 def test_report_html_shows_results_not_code(report) -> None:  # type: ignore[no-untyped-def]
-    """index.html embeds the plots and tables and hides the code."""
-    html = report.index.read_text()
-    assert html.count("data:image/png;base64") >= 4
-    assert "exponential slowest by" in html
-    assert "import matplotlib.pyplot" not in html
+    """Each notebook's page embeds its plots and tables and hides the code; index.html is
+    the landing page that links to them."""
+    pages = {entry.entry.name: entry.html.read_text() for entry in report.entries}
+    assert sum(page.count("data:image/png;base64") for page in pages.values()) >= 4
+    assert "exponential slowest by" in pages["backoff"]
+    assert not any("import matplotlib.pyplot" in page for page in pages.values())
+    index = report.index.read_text()
+    assert all(f'href="{name}.html"' in index for name in pages)
 
 
 def test_backoff_notebook_writes_its_results(report) -> None:  # type: ignore[no-untyped-def]

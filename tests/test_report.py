@@ -276,46 +276,56 @@ def test_failure_is_recorded_with_its_error_text(report: ReportResult) -> None:
 
 
 @pytest.mark.notebooks
-def test_index_shows_outputs_and_markdown_but_not_code(
-    report: ReportResult, index_html: str
-) -> None:
+def test_each_notebook_page_shows_outputs_and_markdown_but_not_code(report: ReportResult) -> None:
+    results = _by_name(report)
+    page = results["plain"].html.read_text() + results["sized"].html.read_text()
+    assert "<td>bonjour-from-params</td>" in page  # the DataFrame output
+    assert "cwd=nbs" in page  # printed output
+    assert "wrote size=3" in page
+    assert "Prose from the plain notebook." in page
+    # Code cell sources, including the injected parameters cell, are hidden.
+    assert "SOURCE_ONLY_MARKER" not in page
+    assert "pd.DataFrame(" not in page
+    assert "display(Image" not in page
+    assert "# Parameters" not in page
+    assert f"data:image/png;base64,{PNG_B64}" in page  # self-contained
+
+
+@pytest.mark.notebooks
+def test_each_notebook_page_links_back_to_the_landing_page(report: ReportResult) -> None:
+    for result in report.entries:
+        assert 'href="index.html"' in result.html.read_text()
+
+
+@pytest.mark.notebooks
+def test_index_is_a_landing_page_not_a_concatenation(report: ReportResult, index_html: str) -> None:
     assert report.index == report.output_dir / "index.html"
     assert "flashkit report" in index_html
-    assert "<td>bonjour-from-params</td>" in index_html  # the DataFrame output
-    assert "cwd=nbs" in index_html  # printed output
-    assert "wrote size=3" in index_html
-    assert "Prose from the plain notebook." in index_html
-    # Code cell sources, including the injected parameters cell, are hidden.
-    assert "SOURCE_ONLY_MARKER" not in index_html
-    assert "pd.DataFrame(" not in index_html
-    assert "display(Image" not in index_html
-    assert "# Parameters" not in index_html
-
-
-@pytest.mark.notebooks
-def test_index_is_self_contained_with_embedded_images(index_html: str) -> None:
-    assert f"data:image/png;base64,{PNG_B64}" in index_html
-
-
-@pytest.mark.notebooks
-def test_index_header_summarises_run(report: ReportResult, index_html: str) -> None:
+    assert "Prose from the plain notebook." not in index_html  # the notebook has its own page
+    for result in report.entries:
+        assert f'href="{result.html.name}"' in index_html
     for title in ("Plain notebook title", "Broken notebook title", "Sized notebook title"):
         assert title in index_html
-    assert "Generated: " in index_html
-    assert " UTC" in index_html
-    assert f"Commit: {report.commit}" in index_html
-    assert "Mode: smoke" in index_html
-    assert "3 run, 2 ok, 1 failed" in index_html
-    # Sections appear in manifest order.
     positions = [index_html.index(t) for t in ("Plain notebook", "Broken notebook", "Sized note")]
-    assert positions == sorted(positions)
+    assert positions == sorted(positions)  # manifest order
+    assert " UTC from commit " + report.commit in index_html
+    assert "mode: smoke" in index_html
+    assert "3 notebooks, 1 failed" in index_html
+    assert "cores" in index_html  # the machine
+    assert "Python " in index_html
+    assert "make report REPORT_ARGS=--smoke" in index_html  # how to reproduce it
+    headings = [index_html.index(h) for h in ("success metrics", "Benchmark targets", "Notebooks")]
+    assert headings == sorted(headings)
 
 
 @pytest.mark.notebooks
-def test_index_shows_failed_notebook_with_its_error(index_html: str) -> None:
+def test_a_failed_notebook_is_marked_and_its_page_shows_the_error(
+    report: ReportResult, index_html: str
+) -> None:
     assert "FAILED" in index_html
-    assert "boom from broken notebook" in index_html
-    assert "RuntimeError" in index_html
+    page = _by_name(report)["broken"].html.read_text()
+    assert "boom from broken notebook" in page
+    assert "RuntimeError" in page
 
 
 @pytest.mark.notebooks

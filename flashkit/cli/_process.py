@@ -96,6 +96,20 @@ def _estimate_tokens(item: VocabularyItem, stage: int) -> int:
     return (len(body) + _STAGE2_PROMPT_CHARS) // 3 + 8
 
 
+_POLICY_SECTIONS: Final = ("retry", "breaker", "limits", "hedging", "cache")
+
+
+def _policy_table(settings: Settings) -> Table:
+    """The resilience settings the run would use, and where each came from."""
+    table = Table(title=f"policy in force ({settings.policy})", show_header=True)
+    for column in ("setting", "value", "from"):
+        table.add_column(column)
+    for key, value, source in settings.items():
+        if key.split(".", 1)[0] in _POLICY_SECTIONS:
+            table.add_row(key, "" if value is None else str(value), source)
+    return table
+
+
 def dry_run(console: Console, job: Job, store: Store | None) -> int:
     """Print what the run would send, and how long that takes at the provider's limit."""
     known = store.states([item.identity for item in job.items]) if store is not None else {}
@@ -118,6 +132,7 @@ def dry_run(console: Console, job: Job, store: Store | None) -> int:
     console.print(table)
     if len(todo) > 20:
         console.print(f"... and {len(todo) - 20} more words", markup=False)
+    console.print(_policy_table(job.settings))
     limits = job.settings.limits
     bounds = []
     if limits.rpm:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import html
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
 import pandas as pd
 
-from flashkit.errors import ValidationError
+from flashkit.errors import StructuredError, ValidationError
 from flashkit.lab.backoff import delay_distribution, plot_delay_distribution
 from flashkit.lab.breaker import (
     BreakerRun,
@@ -30,6 +31,7 @@ from flashkit.lab.breaker import (
     plot_breaker_timeline,
     simulate_breaker,
 )
+from flashkit.lab.tuning import breaker_values, retry_values, write_settings
 from flashkit.retry import Jitter, RetryConfig
 
 __all__ = ["BackoffExplorer", "BreakerSimulator"]
@@ -58,7 +60,8 @@ def _slider(cls: type[w.ValueWidget], description: str = "", **kwargs: Any) -> w
 
 
 class _Panel:
-    """A VBox of controls over an Output; displays itself."""
+    """A VBox of controls over an Output, with a row that writes what was tuned to a settings
+    file; displays itself."""
 
     controls: dict[str, w.ValueWidget]
     output: w.Output
@@ -68,8 +71,12 @@ class _Panel:
     def _layout(self, rows: list[list[str]]) -> None:
         self.output = w.Output()
         self.message = w.HTML("")
+        self.path = w.Text(value="flashkit.toml", description="settings file", style=_STYLE)
+        self.save = w.Button(description="write flashkit.toml", icon="save")
+        self.save.on_click(lambda _button: self._save())
         boxes = [w.HBox([self.controls[name] for name in row]) for row in rows]
-        self.widget = w.VBox([*boxes, self.message, self.output])
+        saving = w.HBox([self.path, self.save])
+        self.widget = w.VBox([*boxes, saving, self.message, self.output])
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
 
@@ -78,6 +85,27 @@ class _Panel:
 
     def update(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def values(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        """The tuned values as ``{"section.field": value}`` of :class:`flashkit.config.Settings`."""
+        raise NotImplementedError
+
+    def export(self, path: str | Path = "flashkit.toml") -> Path:
+        """Write the tuned values into the settings file at ``path`` (see
+        :func:`flashkit.lab.tuning.write_settings`); ``flashkit process --config`` uses them."""
+        return write_settings(path, self.values())
+
+    def _save(self) -> None:
+        try:
+            target = self.export(self.path.value)
+        except (StructuredError, OSError, ValueError) as error:
+            text = error.message if isinstance(error, StructuredError) else str(error)
+            self.message.value = f"<span style='color:#b00'>{html.escape(text)}</span>"
+            return
+        self.message.value = (
+            f"wrote {html.escape(str(target))}: <code>flashkit process WORDS.csv --config "
+            f"{html.escape(str(target))}</code> runs with it"
+        )
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -144,6 +172,10 @@ class BackoffExplorer(_Panel):
             self.data, title=f"{Jitter(config.jitter).name.lower()} jitter, {self.samples} samples"
         )
         _show(self.output, figure, table)
+
+    def values(self) -> dict[str, Any]:
+        """The ``[retry]`` settings of the current :class:`RetryConfig`."""
+        return retry_values(self.config)
 
 
 class BreakerSimulator(_Panel):
@@ -241,3 +273,7 @@ class BreakerSimulator(_Panel):
         )
         figure = plot_breaker_timeline(run, self.scenario, baseline=self.baseline)
         _show(self.output, figure, summary)
+
+    def values(self) -> dict[str, Any]:
+        """The ``[breaker]`` settings of the current knobs."""
+        return breaker_values(self.settings)
