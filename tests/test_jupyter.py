@@ -143,7 +143,8 @@ def test_the_breaker_dashboard_answers_its_slider_in_a_real_browser(chromium: st
         browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(url + "voila/render/breaker.ipynb", timeout=READY_SECONDS * 1000)
+            # Voila streams the page as the kernel runs: wait for the plot, not for "load".
+            page.goto(url + "voila/render/breaker.ipynb", wait_until="commit")
             plot = page.locator(".jp-OutputArea-output img").first
             plot.wait_for(timeout=READY_SECONDS * 1000)
             summary = page.locator("table.dataframe").first
