@@ -5,9 +5,9 @@ of an expired lease are given back on the next round trip for that key, or at ``
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
+from flashkit._mutex import Mutex
 from flashkit.ratelimit._base import EPS
 
 __all__ = ["Lease", "Leases"]
@@ -34,7 +34,7 @@ class Leases:
 
     __slots__ = ("_inflight", "_lock", "held", "returns")
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(self, lock: Mutex) -> None:
         self._lock = lock
         self.held: dict[str, list[Lease]] = {}
         self.returns: dict[str, Returns] = {}

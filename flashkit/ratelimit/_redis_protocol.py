@@ -10,13 +10,13 @@ import functools
 import hashlib
 import itertools
 import math
-import threading
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
+from flashkit._mutex import Mutex
 from flashkit.clock import Clock
 from flashkit.ratelimit._base import Counters, RateLimitResult
 from flashkit.ratelimit._redis_settings import Settings
@@ -298,4 +298,4 @@ class Shared:
     session: Session
     keys: Keys
     counters: Counters
-    lock: threading.Lock
+    lock: Mutex
