@@ -1,9 +1,11 @@
-"""The simulated upstream over real HTTP for tests: its ASGI app under uvicorn on a free loopback
-port, in a background thread on the system clock.
+"""The simulated upstream over real HTTP for tests: its ASGI app under uvicorn (as
+:class:`~flashkit.sim._uvicorn.SimServer`, which does network faults on the socket) on a free
+loopback port, in a background thread on the system clock.
 
 ``with serving(upstream) as base_url:`` yields ``http://127.0.0.1:{port}`` once the server
-accepts connections and stops it on exit. The only waits are bounded: up to ``start_timeout``
-seconds for the server to come up and ``stop_timeout`` seconds for it to shut down.
+accepts connections and stops it on exit; ``serving_server`` also yields the server. The only
+waits are bounded: up to ``start_timeout`` seconds for the server to come up and
+``stop_timeout`` seconds for it to shut down.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import uvicorn
-
 from flashkit.sim import SimulatedUpstream
+from flashkit.sim._uvicorn import SimServer
 
 
 def free_port() -> int:
@@ -32,9 +33,19 @@ def serving(
     upstream: SimulatedUpstream, *, start_timeout: float = 10.0, stop_timeout: float = 10.0
 ) -> Iterator[str]:
     """Serve ``upstream.asgi_app`` on loopback; yield the base URL (without ``/v1``)."""
+    timeouts = {"start_timeout": start_timeout, "stop_timeout": stop_timeout}
+    with serving_server(upstream, **timeouts) as (url, _):
+        yield url
+
+
+@contextmanager
+def serving_server(
+    upstream: SimulatedUpstream, *, start_timeout: float = 10.0, stop_timeout: float = 10.0
+) -> Iterator[tuple[str, SimServer]]:
+    """As :func:`serving`, yielding the base URL and the server."""
     port = free_port()
-    config = uvicorn.Config(
-        upstream.asgi_app,
+    server = SimServer(
+        upstream,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -45,7 +56,6 @@ def serving(
         # connection while the client is about to reuse it (that race loses a request).
         timeout_keep_alive=60,
     )
-    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="sim-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout
@@ -54,7 +64,7 @@ def serving(
         assert time.monotonic() < deadline, f"uvicorn did not start within {start_timeout:g} s"
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         thread.join(timeout=stop_timeout)

@@ -51,7 +51,8 @@ def test_real_http_requests_are_answered_and_counted(
         ]
         limited = client.post("/chat/completions", json=_stage1("학교"), headers=auth)
         unauthorized = client.post("/chat/completions", json=_stage1("학교"))
-        missing = client.get("/models", headers=auth)
+        missing = client.get("/embeddings", headers=auth)
+        models = client.get("/models", headers=auth)
         stats = client.get(f"{base_url}/_sim/stats").json()
 
     assert [r.status_code for r in ok] == [200, 200, 200]
@@ -62,18 +63,21 @@ def test_real_http_requests_are_answered_and_counted(
     assert int(limited.headers["retry-after"]) >= 1
     assert unauthorized.status_code == 401
     assert missing.status_code == 404
+    assert models.status_code == 200
+    assert models.json()["object"] == "list"
+    assert STAGE1_MODEL in [model["id"] for model in models.json()["data"]]
 
     counts = stats["stats"]
-    assert counts["requests"] == 6
-    assert counts["ok"] == 3
+    assert counts["requests"] == 7
+    assert counts["ok"] == 4  # the models list included
     assert counts["rate_limited"] == {"requests": 1}
     assert counts["auth_errors"] == 1
     assert counts["invalid_requests"] == 1
-    assert counts["by_status"] == {"200": 3, "401": 1, "404": 1, "429": 1}
-    assert sum(record["requests"] for record in stats["load"]) == 6
+    assert counts["by_status"] == {"200": 4, "401": 1, "404": 1, "429": 1}
+    assert sum(record["requests"] for record in stats["load"]) == 7
     assert stats["limits"] == {"rpm": 3, "tpm": None}
     assert sample_key not in json.dumps(stats)
-    assert upstream.stats.ok == 3  # the same object the test holds
+    assert upstream.stats.ok == 4  # the same object the test holds
 
 
 def test_reset_endpoint_clears_the_books(upstream: SimulatedUpstream, base_url: str) -> None:

@@ -297,7 +297,7 @@ def sim_serve(
         typer.Option("--set", help="Change a profile field: --set rpm=1200 (repeatable)."),
     ] = None,
 ) -> None:
-    """Serve the simulated upstream over HTTP (an OpenAI-compatible /v1/chat/completions)."""
+    """Serve the simulated upstream over HTTP (OpenAI chat completions, Anthropic Messages)."""
     # Imported here, like every flashkit.sim import of the CLI: the test bench loads only for
     # `sim serve` and --provider sim, so the other commands and --help start without it.
     from flashkit import sim

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from flashkit.flashcards.stages import STAGE1_FIELDS, STAGE1_MODEL, STAGE2_MODEL, TSV_COLUMNS
 from flashkit.sim._lexicon import Entry, lexicon
@@ -26,6 +26,7 @@ __all__ = [
     "TEMPLATE_MARK",
     "TSV_COLUMNS",
     "TSV_HEADER",
+    "Answer",
     "Item",
     "broken_content",
     "detect",
@@ -91,6 +92,20 @@ _SENSES: Final = (
 
 Item = tuple[int, str, dict[str, Any]]
 """(stage, term, user item): stage 1 or 2 for the flashcard stages, 0 for any other chat."""
+
+
+class Answer(NamedTuple):
+    """One reply of the simulated model, before any API's envelope: ``serial`` numbers the
+    request (ids), ``created`` is Unix seconds, ``finish`` is ``"stop"`` or ``"length"``
+    (``max_tokens`` reached), ``prompt`` and ``completion`` are token counts."""
+
+    serial: int
+    created: int
+    model: str
+    text: str
+    finish: str
+    prompt: int
+    completion: int
 
 
 def estimate_tokens(text: str) -> int:

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from flashkit.errors import ValidationError
+from flashkit.sim._network_faults import NETWORK_FAULTS
 
 __all__ = ["PRESETS", "FaultProfile", "HeaderStyle", "LimitMode", "check_limit"]
 
@@ -33,7 +34,11 @@ _FRACTIONS: Final = (
     "outage_connect_fraction",
     "brownout_error_rate",
     "fenced_rate",
+    "first_token_fraction",
+    *(f"{kind}_rate" for kind in NETWORK_FAULTS),
 )
+# The network faults that hit an answer on its way (all but "refused"): at most 1 in total.
+_ANSWER_FAULTS: Final = tuple(f"{kind}_rate" for kind in NETWORK_FAULTS if kind != "refused")
 
 
 def _bad(name: str, value: object, must: str, fix: str) -> ValidationError:
@@ -83,6 +88,22 @@ def _check_windows(name: str, value: object) -> None:
             raise _bad(
                 name, value, f"window {window!r} needs 0 <= start < end", "swap or fix the bounds"
             )
+
+
+def _check_network_windows(value: object) -> None:
+    if not isinstance(value, tuple):
+        raise _bad(
+            "network_windows",
+            value,
+            "must be a tuple of (start, end, fault) triples",
+            'e.g. ((60.0, 90.0, "refused"),)',
+        )
+    for window in value:
+        if not (isinstance(window, tuple) and len(window) == 3):
+            raise _bad("network_windows", window, "each window must be (start, end, fault)", "")
+        if window[2] not in NETWORK_FAULTS:
+            raise _bad("network_windows", window, f"the fault must be one of {NETWORK_FAULTS}", "")
+        _check_windows("network_windows", (window[:2],))
 
 
 def _check_int(name: str, value: object, minimum: int, must: str) -> None:
@@ -150,6 +171,22 @@ class FaultProfile:
     Requests: ``invalid_keys`` are refused with 401, like a missing key; prompt tokens plus
     ``max_tokens`` above ``context_limit`` get 400 ``context_length_exceeded``.
     ``fenced_rate``: stage-1 replies wrapped in a ```json fence.
+
+    Streaming (``"stream": true``): the headers and the first chunk come after
+    ``first_token_fraction`` of the sampled latency (the time to first token); the other chunks
+    are spread evenly over the rest, so a streamed answer ends when the plain one would arrive.
+
+    Network faults (fractions of requests; what a client sees in process and over a real socket
+    is in :mod:`flashkit.sim._network_faults`): ``refused_rate`` (the connection is refused:
+    nothing reaches the model, nothing is charged), and, for answers that would be a 200,
+    ``reset_before_headers_rate``, ``reset_mid_body_rate`` (a stream: after some chunks),
+    ``stall_after_headers_rate`` (no byte after the headers, or after some chunks of a stream,
+    for ``stall_seconds``, then the server closes the connection: a client's read timeout fires
+    first), ``dribble_rate`` (the body trickles at ``dribble_bytes_per_second``) and
+    ``oversized_rate`` (a valid body padded to ``oversized_bytes``: JSON whitespace, or SSE
+    comment lines in a stream). ``network_windows``: ``((start, end, fault), ...)`` seconds in
+    which every request gets ``fault`` (one of :data:`NETWORK_FAULTS`); a ``"refused"`` window
+    over ``flashkit sim serve`` closes the listening socket for real.
     """
 
     rpm: float | None = None
@@ -179,6 +216,17 @@ class FaultProfile:
     invalid_keys: tuple[str, ...] = ("invalid",)
     context_limit: int = 128_000
     fenced_rate: float = 0.3
+    first_token_fraction: float = 0.2
+    refused_rate: float = 0.0
+    reset_before_headers_rate: float = 0.0
+    reset_mid_body_rate: float = 0.0
+    stall_after_headers_rate: float = 0.0
+    dribble_rate: float = 0.0
+    oversized_rate: float = 0.0
+    network_windows: tuple[tuple[float, float, str], ...] = ()
+    stall_seconds: float = 300.0
+    dribble_bytes_per_second: float = 64.0
+    oversized_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         self._check_limits()
@@ -189,6 +237,7 @@ class FaultProfile:
         ):
             raise _bad("invalid_keys", "...", "must be a tuple of strings", 'e.g. ("invalid",)')
         _check_int("context_limit", self.context_limit, 1, "must be an int >= 1 (tokens)")
+        self._check_network()
 
     def _check_limits(self) -> None:
         """The rate limits, their mode, headers and schedule, and the spend cap."""
@@ -231,6 +280,31 @@ class FaultProfile:
         _check_windows("brownouts", self.brownouts)
         if _number("brownout_latency_factor", self.brownout_latency_factor) < 1.0:
             raise _bad("brownout_latency_factor", self.brownout_latency_factor, "must be >= 1", "")
+
+    def _check_network(self) -> None:
+        """The network faults' rates (checked with the other fractions), windows and sizes."""
+        if sum(getattr(self, name) for name in _ANSWER_FAULTS) > 1.0:
+            raise _bad(
+                "reset_before_headers_rate",
+                self.reset_before_headers_rate,
+                f"the network fault rates {_ANSWER_FAULTS} must add up to <= 1",
+                "lower one of them",
+            )
+        _check_network_windows(self.network_windows)
+        _check_seconds("stall_seconds", self.stall_seconds, positive=True)
+        if _number("dribble_bytes_per_second", self.dribble_bytes_per_second) <= 0.0:
+            raise _bad(
+                "dribble_bytes_per_second",
+                self.dribble_bytes_per_second,
+                "must be > 0 (bytes per second)",
+                "e.g. 64.0",
+            )
+        _check_int("oversized_bytes", self.oversized_bytes, 1, "must be an int >= 1 (bytes)")
+
+    @property
+    def answer_fault_rate(self) -> float:
+        """The network faults that hit answers, added up (0.0: no extra random draw)."""
+        return float(sum(getattr(self, name) for name in _ANSWER_FAULTS))
 
     def _check_latency(self) -> None:
         """The latency distribution, its growth under load and the rejections' latency."""

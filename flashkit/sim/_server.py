@@ -1,6 +1,7 @@
 """The simulated upstream over real HTTP: :func:`serve` runs its ASGI app with uvicorn.
 
-The app and its routes live in :mod:`flashkit.sim._asgi` (:attr:`SimulatedUpstream.asgi_app`).
+The app and its routes live in :mod:`flashkit.sim._asgi` (:attr:`SimulatedUpstream.asgi_app`);
+the server that does the network faults on the socket in :mod:`flashkit.sim._uvicorn`.
 """
 
 from __future__ import annotations
@@ -23,22 +24,20 @@ def serve(
     """Run the simulated upstream over HTTP with uvicorn on the system clock until interrupted.
 
     ``profile``: a preset name or a :class:`FaultProfile`; ``seed`` makes the faults
-    reproducible. Point any OpenAI client at ``http://{host}:{port}/v1`` with any API key but
-    ``invalid``. Needs uvicorn (the ``server`` extra: ``pip install 'flashkit[server]'``).
+    reproducible. Point any OpenAI client at ``http://{host}:{port}/v1`` (an Anthropic client at
+    ``http://{host}:{port}``) with any API key but ``invalid``. The profile's network faults
+    happen on the socket (resets are TCP RSTs, refusal windows close the listener): see
+    :mod:`flashkit.sim._network_faults`. Needs uvicorn (the ``server`` extra:
+    ``pip install 'flashkit[server]'``).
     """
     try:
-        import uvicorn
-    except ImportError as error:  # pragma: no cover - uvicorn is in the dev environment
+        from flashkit.sim._uvicorn import SimServer
+    except ModuleNotFoundError as error:  # pragma: no cover - uvicorn is in the dev environment
+        if error.name != "uvicorn":
+            raise
         raise ImportError(
             "flashkit.sim.serve needs uvicorn: pip install 'flashkit[server]'"
         ) from error
 
     upstream = SimulatedUpstream(profile, seed=seed, clock=SystemClock())
-    uvicorn.run(
-        upstream.asgi_app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        lifespan="on",
-        interface="asgi3",
-    )
+    SimServer(upstream, host=host, port=port, log_level=log_level).run()

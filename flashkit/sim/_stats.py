@@ -20,9 +20,12 @@ OUTCOMES: Final = (
     "malformed",
     "client_error",
     "cancelled",
+    "network_error",
 )
 """Outcome columns of the load series. ``rate_limited`` includes spend-cap 429s; ``malformed``
-includes truncated bodies and broken content; ``client_error`` is 400/401/404/405."""
+includes truncated bodies and broken content; ``client_error`` is 400/401/404/405;
+``connect_error`` includes refused connections; ``network_error`` is every other network fault
+(resets, stalls, dribbled and oversized bodies)."""
 
 
 @dataclass
@@ -30,8 +33,12 @@ class SimStats:
     """Counters since the start or the last reset. Each finished request counts once in exactly
     one of ``ok``, ``rate_limited`` (by kind: ``requests``, ``tokens``, ``too_large``,
     ``spend_cap``), ``server_errors`` (5xx, outages included), ``overloaded`` (529),
-    ``connect_errors``, ``malformed``, ``truncated``, ``bad_content``, ``auth_errors`` (401),
+    ``connect_errors`` (outages), ``network_faults`` (by kind: ``refused``,
+    ``reset_before_headers``, ``reset_mid_body``, ``stall_after_headers``, ``dribble``,
+    ``oversized``), ``malformed``, ``truncated``, ``bad_content``, ``auth_errors`` (401),
     ``invalid_requests`` (400/404/405) or ``cancelled`` (the client gave up while waiting).
+    ``ok`` includes ``GET /v1/models``. A request is finished when its headers go out (or it
+    fails before them): a streamed body still on its way is not in ``in_flight``.
     ``requests`` counts arrivals (so it includes those still in flight). Tokens are those of
     answered requests; ``unknown_terms`` counts flashcard requests for words not in the lexicon.
     """
@@ -42,6 +49,7 @@ class SimStats:
     server_errors: int = 0
     overloaded: int = 0
     connect_errors: int = 0
+    network_faults: dict[str, int] = field(default_factory=dict)
     malformed: int = 0
     truncated: int = 0
     bad_content: int = 0
@@ -71,6 +79,7 @@ class SimStats:
         data["by_status"] = {str(code): n for code, n in sorted(self.by_status.items())}
         data["rate_limited"] = dict(sorted(self.rate_limited.items()))
         data["rate_limited_total"] = self.rate_limited_total
+        data["network_faults"] = dict(sorted(self.network_faults.items()))
         return data
 
 

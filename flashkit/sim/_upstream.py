@@ -1,27 +1,28 @@
-"""SimulatedUpstream: an OpenAI-compatible ``POST /v1/chat/completions`` with injectable faults.
+"""SimulatedUpstream: an OpenAI-compatible ``POST /v1/chat/completions`` (plain or streamed),
+Anthropic's ``POST /v1/messages`` and ``GET /v1/models``, with injectable faults.
 
 Every decision is made synchronously when a request arrives (random draws from one
 ``random.Random(seed)``, in arrival order), then the answer waits its latency on the injected
 clock. Same seed and same request sequence: same responses, status codes, headers and timing.
+The answer is a :class:`~flashkit.sim._network_faults.Reply` (status, headers, timed chunks, how
+it ends), played in process by :class:`SimTransport` and over HTTP by :attr:`asgi_app`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import math
 import random
 import time
 from types import EllipsisType
 from typing import Any, Final
 
-import httpx
-
 from flashkit.client import LLMClient
 from flashkit.clock import Clock, SystemClock, default_clock
 from flashkit.errors import ValidationError
+from flashkit.sim._anthropic import MESSAGES_PATHS, api_key, error_body, message, message_events
 from flashkit.sim._asgi import SimAsgiApp
 from flashkit.sim._content import (
+    Answer,
     broken_content,
     detect,
     estimate_tokens,
@@ -30,12 +31,42 @@ from flashkit.sim._content import (
     stage1_text,
     stage2_text,
 )
+from flashkit.sim._errors import (
+    BAD_KEY,
+    BAD_X_API_KEY,
+    MALFORMED_HTML,
+    NO_KEY,
+    NO_X_API_KEY,
+    NOT_ALLOWED,
+    NOT_ALLOWED_GET,
+    NOT_FOUND,
+    OVERLOADED,
+    SERVER_ERRORS,
+    SPEND_CAP,
+    openai_error,
+)
+from flashkit.sim._http import httpx
 from flashkit.sim._lexicon import lexicon
 from flashkit.sim._limits import LimitBook, LimitView
+from flashkit.sim._models import MODELS_PATHS, models_body
+from flashkit.sim._network_faults import (
+    NETWORK_FAULTS,
+    Before,
+    End,
+    NetworkFault,
+    Reply,
+    apply_fault,
+    merge,
+    to_response,
+    truncate,
+)
 from flashkit.sim._profile import FaultProfile, check_limit
+from flashkit.sim._ratelimit_headers import limit_headers, number
+from flashkit.sim._request import Call, bearer, parse, prompt_tokens
+from flashkit.sim._sse import EVENT_STREAM, chat_chunks, chat_completion, malformed_event
 from flashkit.sim._stats import OUTCOMES, LoadSeries, SimStats
 
-__all__ = ["CHAT_PATHS", "SimTransport", "SimulatedUpstream", "format_duration"]
+__all__ = ["CHAT_PATHS", "SimTransport", "SimulatedUpstream"]
 
 CHAT_PATHS: Final = frozenset({"/v1/chat/completions", "/chat/completions"})
 VIRTUAL_EPOCH: Final = 1_735_689_600.0  # 2025-01-01T00:00:00Z: wall time 0 of a virtual clock
@@ -43,57 +74,23 @@ _Z99: Final = 2.3263478740408408  # the standard normal's 99th percentile
 _JSON: Final = "application/json"
 
 
-def _error(message: str, kind: str, code: str | None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
-
-
-_NOT_FOUND: Final = _error(
-    "Unknown request URL. Use POST /v1/chat/completions.", "invalid_request_error", "unknown_url"
-)
-_NOT_ALLOWED: Final = _error(
-    "Method not allowed: use POST.", "invalid_request_error", "method_not_allowed"
-)
-_NO_KEY: Final = _error(
-    "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
-    "invalid_request_error",
-    "missing_api_key",
-)
-_BAD_KEY: Final = _error(
-    "Incorrect API key provided. You can find your API key in your account settings.",
-    "invalid_request_error",
-    "invalid_api_key",
-)
-_SPEND_CAP: Final = _error(
-    "You exceeded your current quota, please check your plan and billing details.",
-    "insufficient_quota",
-    "insufficient_quota",
-)
-_OVERLOADED: Final = _error("Overloaded", "overloaded_error", None)
-_SERVER_ERRORS: Final = {
-    500: _error("The server had an error while processing your request.", "server_error", None),
-    502: _error("Bad gateway.", "server_error", None),
-    503: _error(
-        "Service unavailable: the server is temporarily unable to respond.", "server_error", None
-    ),
-}
-_MALFORMED_HTML: Final = (
-    b"<html><head><title>Gateway error</title></head><body><h1>Gateway error</h1>"
-    b"<p>The upstream answered something the proxy could not read.</p></body></html>"
-)
-
-
 class _Plan:
-    """What one request gets, decided on arrival and delivered after ``delay`` seconds."""
+    """What one request gets, decided on arrival; its headers go out after ``delay`` seconds.
+    ``chunks`` (None: ``body`` at once), ``end`` and ``before`` are as in :class:`Reply`."""
 
     __slots__ = (
+        "before",
         "body",
+        "chunks",
         "completion",
         "delay",
-        "error",
+        "dialect",
+        "end",
         "generation",
         "headers",
         "key",
         "kind",
+        "network",
         "prompt",
         "settle",
         "stat",
@@ -114,7 +111,11 @@ class _Plan:
         self.delay = delay
         self.headers: dict[str, str] = headers if headers is not None else {}
         self.kind: str | None = None
-        self.error: Exception | None = None
+        self.before: Before | None = None
+        self.chunks: list[tuple[float, bytes]] | None = None
+        self.end: End = "complete"
+        self.network: NetworkFault | None = None
+        self.dialect = "openai"
         self.key = ""
         self.settle = 0.0
         self.prompt = 0
@@ -145,54 +146,25 @@ _OUTCOME_OF: Final = {
     "auth_errors": OUTCOMES.index("client_error"),
     "invalid_requests": OUTCOMES.index("client_error"),
     "cancelled": OUTCOMES.index("cancelled"),
+    "refused": OUTCOMES.index("connect_error"),
+    "network": OUTCOMES.index("network_error"),
 }
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def format_duration(seconds: float) -> str:
-    """OpenAI's reset format: ``20ms``, ``1s``, ``7.66s``, ``6m0s``, ``1h2m3s`` (rounded up to
-    whole milliseconds)."""
-    if seconds <= 0.0:
-        return "0s"
-    millis = math.ceil(seconds * 1000.0 - 1e-6)
-    if millis < 1000:
-        return f"{max(1, millis)}ms"
-    hours, rest = divmod(millis, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") or "0"
-    text = f"{hours}h" if hours else ""
-    if hours or minutes:
-        text += f"{minutes}m"
-    return f"{text}{secs}s"
-
-
-def _rfc3339(wall: float) -> str:
-    moment = _dt.datetime.fromtimestamp(math.ceil(wall - 1e-6), _dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _in_windows(windows: tuple[tuple[float, float], ...], t: float) -> bool:
     return any(start <= t < end for start, end in windows)
 
 
-def _bearer(value: str | None) -> str | None:
-    if value is None:
-        return None
-    scheme, _, key = value.strip().partition(" ")
-    key = key.strip()
-    return key if scheme.lower() == "bearer" and key else None
-
-
 class SimulatedUpstream:
-    """A simulated OpenAI-compatible LLM API with the faults of ``profile`` (a
-    :class:`FaultProfile` or a preset name), deterministic from ``seed`` and timed by ``clock``
-    (default: :func:`flashkit.clock.default_clock`).
+    """A simulated LLM API (OpenAI's chat completions, plain or streamed; Anthropic's Messages;
+    the models list) with the faults of ``profile`` (a :class:`FaultProfile` or a preset name),
+    deterministic from ``seed`` and timed by ``clock`` (default:
+    :func:`flashkit.clock.default_clock`).
 
     Use it in process with ``httpx.AsyncClient(transport=upstream.transport(),
-    base_url="http://sim/v1")``, or over HTTP via :attr:`asgi_app` (see :func:`serve`).
+    base_url="http://sim/v1")`` (a stream: ``client.stream("POST", "/chat/completions",
+    json={..., "stream": True})``, whose body arrives as the clock advances), or over HTTP via
+    :attr:`asgi_app` (see :func:`serve`).
     ``epoch``: Unix time of the upstream's start for ``created`` and RFC 3339 resets (default:
     the real time for a :class:`SystemClock`, else 2025-01-01T00:00:00Z). Not thread-safe: use
     it from one event loop.
@@ -221,6 +193,7 @@ class SimulatedUpstream:
         median, p99 = profile.latency_median, profile.latency_p99
         self._mu = math.log(median) if median > 0.0 else -math.inf
         self._sigma = math.log(p99 / median) / _Z99 if median > 0.0 else 0.0
+        self._answer_faults = profile.answer_fault_rate
         self._generation = 0
         self.reset()
 
@@ -313,13 +286,24 @@ class SimulatedUpstream:
 
     @property
     def asgi_app(self) -> SimAsgiApp:
-        """The upstream as a plain ASGI 3 application (for uvicorn): the chat API, plus
-        ``GET /_sim/stats`` (JSON) and ``POST /_sim/reset``."""
+        """The upstream as a plain ASGI 3 application (for uvicorn): the APIs, plus
+        ``GET /_sim/stats`` (JSON) and ``POST /_sim/reset``. Resets are only approximated
+        unless the server lends the app a connection control (its ``control``), as
+        :func:`serve` does."""
         return SimAsgiApp(self)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request after its simulated latency; raises :class:`httpx.ConnectError`
-        for connection failures during outages."""
+        """Answer one request after its simulated latency (a stream: its time to first token),
+        as the httpx response a real client would get: a body that is streamed or broken by a
+        network fault is played on the upstream's clock as it is read. Raises what a real client
+        would see before the headers: :class:`httpx.ConnectError` (a refused connection, an
+        outage), :class:`httpx.ReadError` (a reset)."""
+        return to_response(await self.exchange(request), request, self.clock)
+
+    async def exchange(self, request: httpx.Request) -> Reply:
+        """Decide on ``request``, wait until its headers are due (the latency; a stream: the
+        time to first token) and return the reply as it goes over the wire. :meth:`handle` and
+        the ASGI app play it."""
         try:
             raw = request.content
         except httpx.RequestNotRead:
@@ -342,9 +326,27 @@ class SimulatedUpstream:
             cancelled = False
         finally:
             self._finish(plan, second, cancelled)
-        if plan.error is not None:
-            raise plan.error
-        return httpx.Response(plan.status, headers=plan.headers, content=plan.body, request=request)
+        return self._reply(plan)
+
+    def _reply(self, plan: _Plan) -> Reply:
+        if plan.before is not None:
+            return Reply(0, {}, before=plan.before)
+        headers = plan.headers
+        if plan.chunks is None:
+            body = plan.body
+            if plan.dialect == "anthropic" and plan.status >= 400:
+                request_id = headers.get("x-request-id", "")
+                headers["request-id"] = request_id
+                body = error_body(plan.status, body, request_id)
+            headers["content-length"] = str(len(body))
+            return Reply(plan.status, headers, ((0.0, body),))
+        return Reply(
+            plan.status,
+            headers,
+            merge(plan.chunks),
+            end=plan.end,
+            stall_seconds=self.profile.stall_seconds,
+        )
 
     def _finish(self, plan: _Plan, second: int, cancelled: bool) -> None:
         if plan.generation != self._generation:
@@ -355,10 +357,12 @@ class SimulatedUpstream:
             stats.cancelled += 1
             self._load.finish(second, _OUTCOME_OF["cancelled"])
             return
-        if plan.error is None:
+        if plan.before is None:
             stats.by_status[plan.status] = stats.by_status.get(plan.status, 0) + 1
         if plan.kind is not None:
             stats.rate_limited[plan.kind] = stats.rate_limited.get(plan.kind, 0) + 1
+        elif plan.network is not None:
+            stats.network_faults[plan.network] = stats.network_faults.get(plan.network, 0) + 1
         else:
             setattr(stats, plan.stat, getattr(stats, plan.stat) + 1)
         stats.prompt_tokens += plan.prompt
@@ -369,24 +373,16 @@ class SimulatedUpstream:
 
     # -- decisions -----------------------------------------------------------------------
     def _limit_headers(
-        self, requests: LimitView | None, tokens: LimitView | None, t: float
+        self,
+        requests: LimitView | None,
+        tokens: LimitView | None,
+        t: float,
+        dialect: str = "openai",
     ) -> dict[str, str]:
         style = self.profile.header_style
-        headers: dict[str, str] = {}
-        if style == "openai":
-            for name, view in (("requests", requests), ("tokens", tokens)):
-                if view is not None:
-                    headers[f"x-ratelimit-limit-{name}"] = _number(view.limit)
-                    headers[f"x-ratelimit-remaining-{name}"] = _number(view.remaining)
-                    headers[f"x-ratelimit-reset-{name}"] = format_duration(view.reset)
-        elif style == "anthropic":
-            wall = self.epoch + t
-            for name, view in (("requests", requests), ("tokens", tokens)):
-                if view is not None:
-                    headers[f"anthropic-ratelimit-{name}-limit"] = _number(view.limit)
-                    headers[f"anthropic-ratelimit-{name}-remaining"] = _number(view.remaining)
-                    headers[f"anthropic-ratelimit-{name}-reset"] = _rfc3339(wall + view.reset)
-        return headers
+        if dialect == "anthropic" and style != "none":
+            style = "anthropic"  # the Messages route speaks Anthropic's headers
+        return limit_headers(style, requests, tokens, self.epoch + t)
 
     def _reject(
         self, status: int, body: bytes, stat: str, headers: dict[str, str] | None = None
@@ -400,22 +396,24 @@ class SimulatedUpstream:
         gate = self._gate(request, t)
         if isinstance(gate, _Plan):
             return gate
-        key = gate
-        body = self._parse(raw)
-        if isinstance(body, bytes):
-            return self._reject(400, body, "invalid_requests")
-        model, messages, max_tokens = body
-        prompt = 3 + sum(
-            4 + estimate_tokens(str(m.get("content", "")) if isinstance(m, dict) else str(m))
-            for m in messages
-        )
+        key, dialect = gate
+        plan = self._plan_call(key, dialect, raw, t)
+        plan.dialect = dialect
+        return plan
+
+    def _plan_call(self, key: str, dialect: str, raw: bytes, t: float) -> _Plan:
+        call = parse(raw, dialect)
+        if isinstance(call, bytes):
+            return self._reject(400, call, "invalid_requests")
+        prompt = prompt_tokens(call)
+        max_tokens = call.max_tokens
         reserved = prompt + (max_tokens or 0)
         profile = self.profile
         if reserved > profile.context_limit:
             return self._too_long(prompt, max_tokens)
         cap = profile.spend_cap_tokens
         if cap is not None and self._spent >= cap:
-            return self._reject(429, _SPEND_CAP, "rate_limited").with_kind("spend_cap")
+            return self._reject(429, SPEND_CAP, "rate_limited").with_kind("spend_cap")
 
         headers: dict[str, str] = {}
         if self._schedule:
@@ -423,39 +421,87 @@ class SimulatedUpstream:
         limits = self._limits
         if limits.active:
             decision = limits.admit(key, t, reserved)
-            headers = self._limit_headers(decision.requests, decision.tokens, t)
+            headers = self._limit_headers(decision.requests, decision.tokens, t, dialect)
             if decision.kind is not None:
                 return self._rate_limited(decision.kind, decision.retry_after, reserved, headers)
 
         in_flight = self._stats.in_flight
         if profile.capacity is not None and in_flight > profile.capacity:
             status = profile.over_capacity_status
-            body_ = _OVERLOADED if status == 529 else _SERVER_ERRORS[503]
+            body_ = OVERLOADED if status == 529 else SERVER_ERRORS[503]
             plan = self._reject(status, body_, "overloaded" if status == 529 else "server_errors")
             return plan.settling(key, -reserved)
-        return self._draw(key, model, messages, max_tokens, prompt, headers, in_flight, t)
+        return self._draw(key, call, prompt, headers, in_flight, t)
 
-    def _gate(self, request: httpx.Request, t: float) -> _Plan | str:
-        """The route, the method, the API key and outages: a rejection, or the key."""
+    def _network_window(self, t: float) -> NetworkFault | None:
+        """The network fault of a ``network_windows`` window open at ``t``, if any."""
+        for start, end, fault in self.profile.network_windows:
+            if start <= t < end:
+                return fault  # type: ignore[return-value]  # checked by FaultProfile
+        return None
+
+    def _gate(self, request: httpx.Request, t: float) -> _Plan | tuple[str, str]:
+        """A refused connection, the route, the method, the API key and outages: a rejection
+        (or the models list), else the key and the dialect (``"openai"`` or ``"anthropic"``)."""
         profile = self.profile
-        if request.url.path not in CHAT_PATHS:
-            return self._reject(404, _NOT_FOUND, "invalid_requests")
+        refused = profile.network_windows and self._network_window(t) == "refused"
+        if refused or (profile.refused_rate and self._rng.random() < profile.refused_rate):
+            return self._refused()
+        path = request.url.path
+        if path in CHAT_PATHS:
+            dialect = "openai"
+        elif path in MESSAGES_PATHS:
+            dialect = "anthropic"
+        elif path in MODELS_PATHS:
+            return self._models(request)
+        else:
+            return self._reject(404, NOT_FOUND, "invalid_requests")
+        anthropic = dialect == "anthropic"
+        plan: _Plan | None = None
+        key = (
+            api_key(request.headers) if anthropic else bearer(request.headers.get("authorization"))
+        )
         if request.method != "POST":
-            return self._reject(405, _NOT_ALLOWED, "invalid_requests", {"allow": "POST"})
-        key = _bearer(request.headers.get("authorization"))
-        if key is None:
-            return self._reject(401, _NO_KEY, "auth_errors")
-        if key in profile.invalid_keys:
-            return self._reject(401, _BAD_KEY, "auth_errors")
-        if profile.outages and _in_windows(profile.outages, t):
+            plan = self._reject(405, NOT_ALLOWED, "invalid_requests", {"allow": "POST"})
+        elif key is None:
+            plan = self._reject(401, NO_X_API_KEY if anthropic else NO_KEY, "auth_errors")
+        elif key in profile.invalid_keys:
+            plan = self._reject(401, BAD_X_API_KEY if anthropic else BAD_KEY, "auth_errors")
+        elif profile.outages and _in_windows(profile.outages, t):
             if self._rng.random() < profile.outage_connect_fraction:
                 plan = self._reject(0, b"", "connect_errors")
-                plan.error = httpx.ConnectError(
-                    "simulated outage: connection refused", request=request
-                )
-                return plan
-            return self._reject(503, _SERVER_ERRORS[503], "server_errors")
-        return key
+                plan.before = "outage"
+            else:
+                plan = self._reject(503, SERVER_ERRORS[503], "server_errors")
+        if plan is not None:
+            plan.dialect = dialect
+            return plan
+        return key or "", dialect  # a missing key was rejected above
+
+    def _refused(self) -> _Plan:
+        """A refused connection: at once, before anything reaches the model or the books."""
+        plan = self._reject(0, b"", "refused")
+        plan.network = "refused"
+        plan.before = "refused"
+        plan.delay = 0.0
+        return plan
+
+    def _models(self, request: httpx.Request) -> _Plan:
+        """``GET /v1/models``: the list, in Anthropic's shape for the Anthropic SDK."""
+        anthropic = "anthropic-version" in request.headers
+        if request.method != "GET":
+            plan = self._reject(405, NOT_ALLOWED_GET, "invalid_requests", {"allow": "GET"})
+            plan.dialect = "anthropic" if anthropic else "openai"
+            return plan
+        headers = request.headers
+        key = api_key(headers) if anthropic else bearer(headers.get("authorization"))
+        if key is None or key in self.profile.invalid_keys:
+            plan = self._reject(401, NO_KEY if key is None else BAD_KEY, "auth_errors")
+        else:
+            body = models_body(anthropic=anthropic, created=int(self.epoch))
+            plan = self._reject(200, body, "ok")
+        plan.dialect = "anthropic" if anthropic else "openai"
+        return plan
 
     def _too_long(self, prompt: int, max_tokens: int | None) -> _Plan:
         """The 400 for a request longer than the context."""
@@ -466,30 +512,33 @@ class SimulatedUpstream:
             f"{max_tokens or 0} in the completion). Please reduce the length of the messages "
             "or completion."
         )
-        error = _error(message, "invalid_request_error", "context_length_exceeded")
+        error = openai_error(message, "invalid_request_error", "context_length_exceeded")
         return self._reject(400, error, "invalid_requests")
 
     def _draw(
         self,
         key: str,
-        model: str,
-        messages: list[Any],
-        max_tokens: int | None,
+        call: Call,
         prompt: int,
         headers: dict[str, str],
         in_flight: int,
         t: float,
     ) -> _Plan:
-        """An admitted request's fate: its random draws (always four, in this order), its
-        latency, then an injected fault or the answer."""
+        """An admitted request's fate: its random draws (four, in this order, and a fifth when
+        the profile has network faults for answers), its latency, then an injected fault or the
+        answer."""
         profile, rng = self.profile, self._rng
-        reserved = prompt + (max_tokens or 0)
+        reserved = prompt + (call.max_tokens or 0)
         fault, z, body_fault, variant = (
             rng.random(),
             rng.gauss(0.0, 1.0),
             rng.random(),
             rng.random(),
         )
+        network = None
+        if self._answer_faults or profile.network_windows:
+            draw = rng.random() if self._answer_faults else 1.0
+            network = self._network_fault(draw, variant, t)
         brownout = bool(profile.brownouts) and _in_windows(profile.brownouts, t)
         latency = math.exp(self._mu + self._sigma * z) if self._mu > -math.inf else 0.0
         if profile.load_slowdown and in_flight > 1:
@@ -499,57 +548,53 @@ class SimulatedUpstream:
             latency *= profile.brownout_latency_factor
             error_rate = max(error_rate, profile.brownout_error_rate)
         if fault < profile.overload_rate:
-            return self._reject(529, _OVERLOADED, "overloaded", headers).settling(key, -reserved)
+            return self._reject(529, OVERLOADED, "overloaded", headers).settling(key, -reserved)
         if fault < profile.overload_rate + error_rate:
             status = 500 if variant < 0.5 else 502 if variant < 0.75 else 503
-            plan = self._reject(status, _SERVER_ERRORS[status], "server_errors", headers)
+            plan = self._reject(status, SERVER_ERRORS[status], "server_errors", headers)
             plan.delay = latency
             return plan.settling(key, -reserved)
-        return self._answer(
-            key,
-            model,
-            messages,
-            max_tokens,
-            prompt,
-            reserved,
-            latency,
-            body_fault,
-            variant,
-            headers,
-        )
+        plan = self._answer(key, call, prompt, reserved, latency, body_fault, variant, headers)
+        if network is not None:
+            self._break(plan, call.stream, *network)
+        return plan
 
-    def _parse(self, raw: bytes) -> bytes | tuple[str, list[Any], int | None]:
-        """(model, messages, max_tokens) from a chat body, or the bytes of a 400 answer."""
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return _error(
-                "We could not parse the JSON body of your request.", "invalid_request_error", None
-            )
-        if not isinstance(body, dict):
-            return _error("The body must be a JSON object.", "invalid_request_error", None)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return _error(
-                "you must provide a model parameter", "invalid_request_error", "missing_model"
-            )
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return _error(
-                "'messages' must be a non-empty array of {role, content} objects",
-                "invalid_request_error",
-                "invalid_messages",
-            )
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-        ):
-            return _error(
-                f"Invalid 'max_tokens': {max_tokens!r}; expected an integer >= 1.",
-                "invalid_request_error",
-                "invalid_value",
-            )
-        return model, messages, max_tokens
+    def _network_fault(self, draw: float, variant: float, t: float) -> tuple[str, float] | None:
+        """The network fault of an answer (a window's, else drawn) and where in [0, 1) it
+        cuts; None for a clean answer."""
+        profile = self.profile
+        if profile.network_windows:
+            fault = self._network_window(t)
+            if fault is not None and fault != "refused":
+                return fault, variant
+        edge = 0.0
+        for kind in NETWORK_FAULTS[1:]:
+            rate: float = getattr(profile, f"{kind}_rate")
+            if draw < edge + rate:
+                return kind, (draw - edge) / rate
+            edge += rate
+        return None
+
+    def _break(self, plan: _Plan, stream: bool, fault: str, u: float) -> None:
+        """Apply the network ``fault`` to an answer's plan."""
+        plan.network = fault  # type: ignore[assignment]  # one of NETWORK_FAULTS
+        plan.stat = "network"
+        if fault == "reset_before_headers":
+            plan.before = "reset"
+            return
+        profile = self.profile
+        chunks = plan.chunks if plan.chunks is not None else [(0.0, plan.body)]
+        plan.chunks, plan.end = apply_fault(
+            plan.network,  # type: ignore[arg-type]
+            chunks,
+            stream=stream,
+            u=u,
+            dribble_rate=profile.dribble_bytes_per_second,
+            oversized_bytes=profile.oversized_bytes,
+        )
+        if not stream:  # what the server promised: the whole (maybe padded) body
+            size = sum(len(data) for _, data in plan.chunks) if fault == "oversized" else None
+            plan.headers["content-length"] = str(size if size is not None else len(plan.body))
 
     def _rate_limited(
         self, kind: str, retry_after: float, reserved: int, headers: dict[str, str]
@@ -557,29 +602,27 @@ class SimulatedUpstream:
         limits = self._limits
         if kind == "too_large":
             message = (
-                f"Request too large for tokens per min (TPM): Limit {_number(limits.tpm or 0)}, "
+                f"Request too large for tokens per min (TPM): Limit {number(limits.tpm or 0)}, "
                 f"Requested {reserved}. The input or output tokens must be reduced in order to "
                 "run successfully."
             )
-            body = _error(message, "tokens", "rate_limit_exceeded")
+            body = openai_error(message, "tokens", "rate_limit_exceeded")
             return self._reject(429, body, "rate_limited", headers).with_kind(kind)
         wait = max(1, math.ceil(retry_after - 1e-9))
         unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
         limit = limits.rpm if kind == "requests" else limits.tpm
         message = (
-            f"Rate limit reached for {unit}: Limit {_number(limit or 0)}. "
+            f"Rate limit reached for {unit}: Limit {number(limit or 0)}. "
             f"Please try again in {wait}s."
         )
         headers["retry-after"] = str(wait)
-        body = _error(message, kind, "rate_limit_exceeded")
+        body = openai_error(message, kind, "rate_limit_exceeded")
         return self._reject(429, body, "rate_limited", headers).with_kind(kind)
 
     def _answer(
         self,
         key: str,
-        model: str,
-        messages: list[Any],
-        max_tokens: int | None,
+        call: Call,
         prompt: int,
         reserved: int,
         latency: float,
@@ -588,7 +631,7 @@ class SimulatedUpstream:
         headers: dict[str, str],
     ) -> _Plan:
         profile = self.profile
-        stage, term, item = detect(model, messages)
+        stage, term, item = detect(call.model, call.messages)
         if stage == 1:
             position, kind, _ = item_fields(item)
             text = stage1_text(position, term, kind)
@@ -611,6 +654,7 @@ class SimulatedUpstream:
         if stage == 1 and variant < profile.fenced_rate:
             text = f"```json\n{text}\n```"
         completion = estimate_tokens(text)
+        max_tokens = call.max_tokens
         limit = max_tokens if max_tokens is not None else profile.context_limit - prompt
         finish = "stop"
         if completion > limit:
@@ -618,43 +662,67 @@ class SimulatedUpstream:
             completion = limit
             finish = "length"
         self._spent += prompt + completion
-        envelope = json.dumps(
-            {
-                "id": f"chatcmpl-sim{self._serial:08d}",
-                "object": "chat.completion",
-                "created": int(self.epoch + self.clock.now() - self._start),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": finish,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                },
-            },
-            ensure_ascii=False,
-        )
-        if stat == "malformed":
-            body = _MALFORMED_HTML if variant < 0.5 else b"data: " + envelope.encode()
-        elif stat == "truncated":
-            body = envelope[: max(1, int(len(envelope) * (0.2 + 0.6 * variant)))].encode()
-        else:
-            body = envelope.encode()
-        headers["content-type"] = "text/html" if body is _MALFORMED_HTML else _JSON
+        created = int(self.epoch + self.clock.now() - self._start)
+        answer = Answer(self._serial, created, call.model, text, finish, prompt, completion)
         headers["x-request-id"] = f"req_{self._serial:08d}"
-        plan = _Plan(200, body, stat, latency, headers)
+        if call.dialect == "anthropic":
+            headers["request-id"] = headers["x-request-id"]
+        if call.stream:
+            plan = self._stream(answer, call, stat, latency, variant, headers)
+        else:
+            envelope = message(answer) if call.dialect == "anthropic" else chat_completion(answer)
+            if stat == "malformed":
+                body = MALFORMED_HTML if variant < 0.5 else b"data: " + envelope.encode()
+            elif stat == "truncated":
+                body = envelope[: max(1, int(len(envelope) * (0.2 + 0.6 * variant)))].encode()
+            else:
+                body = envelope.encode()
+            headers["content-type"] = "text/html" if body is MALFORMED_HTML else _JSON
+            plan = _Plan(200, body, stat, latency, headers)
         plan.prompt = prompt
         plan.completion = completion
         return plan.settling(key, prompt + completion - reserved)
 
+    def _stream(
+        self,
+        answer: Answer,
+        call: Call,
+        stat: str,
+        latency: float,
+        variant: float,
+        headers: dict[str, str],
+    ) -> _Plan:
+        """A streamed answer: headers and the first events after the time to first token, the
+        text's pieces evenly over the rest of ``latency``. A malformed stream has a non-JSON
+        event; a truncated one ends cleanly before its end."""
+        anthropic = call.dialect == "anthropic"
+        events = (
+            message_events(answer)
+            if anthropic
+            else chat_chunks(answer, include_usage=call.include_usage)
+        )
+        first = latency * self.profile.first_token_fraction
+        gap = (latency - first) / len(events.body)
+        chunks = [(0.0, data) for data in events.head]
+        chunks += [(gap, data) for data in events.body]
+        chunks += [(0.0, data) for data in events.tail]
+        if stat == "malformed":
+            at = len(events.head)
+            chunks[at] = (gap, malformed_event("content_block_delta" if anthropic else None))
+        elif stat == "truncated":
+            chunks = truncate(chunks, variant)
+        headers["content-type"] = EVENT_STREAM
+        headers["cache-control"] = "no-cache"
+        plan = _Plan(200, b"", stat, first, headers)
+        plan.chunks = chunks
+        return plan
+
 
 class SimTransport(httpx.AsyncBaseTransport):
-    """An httpx transport that hands every request to :meth:`SimulatedUpstream.handle`."""
+    """An httpx transport that hands every request to :meth:`SimulatedUpstream.handle`: the
+    response's headers after the latency on the upstream's clock, its body (streams, network
+    faults) as the clock advances, and the exceptions a real connection would raise (see
+    :mod:`flashkit.sim._network_faults`)."""
 
     def __init__(self, upstream: SimulatedUpstream) -> None:
         self.upstream = upstream
