@@ -166,4 +166,9 @@ def landing_markdown(
         "- Seeds and parameters: each notebook's line above (`benchmarks/report.toml`)",
         f"- Reproduce: `{command}`",
     ]
+    if (results / "flashkit.toml").is_file():
+        lines.append(
+            "- What the tuning notebooks chose: [results/flashkit.toml](results/flashkit.toml); "
+            "`flashkit process WORDS.csv --config <it>` runs with it"
+        )
     return "\n".join(lines)

@@ -10,8 +10,9 @@ one ``benchmarks/success_metrics.ipynb`` calls *after*) < ``flashkit.toml`` in t
 directory or ``config_file`` < ``FLASHKIT_*`` environment variables < ``overrides`` (the command
 line). ``FLASHKIT_SECTION_FIELD`` sets ``section.field`` (``FLASHKIT_RETRY_MAX_ATTEMPTS=5``);
 the rollout flags are ``FLASHKIT_POLICY=original|tuned`` (``original``: the original
-pipeline's parameters, the rollback path), ``FLASHKIT_BREAKER=off`` and
-``FLASHKIT_ADAPTIVE_LIMIT=off``. Times are seconds, limits are per minute.
+pipeline's parameters, the rollback path), ``FLASHKIT_BREAKER=off``,
+``FLASHKIT_ADAPTIVE_LIMIT=off``, ``FLASHKIT_HEDGING=off`` and ``FLASHKIT_ADAPTIVE_TIMEOUT=off``.
+Times are seconds, limits are per minute.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import httpx
 from flashkit.breaker import CircuitBreaker
 from flashkit.budget import RetryBudget
 from flashkit.cache import CacheService, CompressedCache, RedisStore, SQLStore, Store
-from flashkit.client import DEFAULT_MODEL, ChatCache, LLMClient, breaker_handles
+from flashkit.client import DEFAULT_MODEL, ChatCache, FromLatency, LLMClient, breaker_handles
 from flashkit.clock import Clock
 from flashkit.errors import ValidationError
 from flashkit.ratelimit import AdaptiveRateLimiter, Limiter, RateLimiter, RedisRateLimiter
@@ -52,6 +53,7 @@ __all__ = [
     "TelemetrySettings",
     "build_cache",
     "build_client",
+    "build_limiters",
     "load_settings",
     "original_settings",
 ]
@@ -97,7 +99,10 @@ class RetrySettings:
     """Retry of each call: ``max_attempts`` in all, backoff from ``initial_delay`` growing by
     ``multiplier`` up to ``max_delay`` seconds with ``jitter``; a server's ``retry-after`` is
     honoured up to ``max_retry_after`` seconds; ``budget``: the retry budget shared by all calls
-    (``finagle``: 20 % of requests plus 10/s; ``grpc``; ``aws``; ``none``)."""
+    (``finagle``: 20 % of requests plus 10/s; ``grpc``; ``aws``; ``none``); ``breaker_wait``:
+    seconds a call may wait in all for an open circuit breaker (600: it rides out an outage the
+    breaker detected without spending attempts or retry tokens on rejections; 0: rejected at
+    once)."""
 
     max_attempts: int = 10
     initial_delay: float = 1.0
@@ -107,6 +112,7 @@ class RetrySettings:
     max_retry_after: float = 120.0
     respect_retry_after: bool = True
     budget: BudgetName = "finagle"
+    breaker_wait: float = 600.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -153,26 +159,57 @@ class LimitSettings:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class HedgingSettings:
-    """Per-attempt time bounds: ``attempt_timeout`` seconds per HTTP exchange, ``deadline``
-    seconds for a whole call (None: unbounded), and ``after``: send a hedge request when the
-    first has not answered after this many seconds (None: no hedging)."""
+    """Time bounds per attempt and hedged requests, in seconds (``docs/design/hedging.md``).
+
+    ``attempt_timeout``: the longest an HTTP exchange may take. With ``adaptive_timeout`` (on)
+    the timeout in force follows recent attempts: their ``timeout_quantile`` (0.99) times
+    ``timeout_factor`` (3), at least ``timeout_floor`` (10 s) and at most ``attempt_timeout``,
+    so a stalled attempt is abandoned and retried long before 60 s. ``deadline``: seconds for a
+    whole call (None: unbounded).
+
+    ``hedge`` (on): a request that has not answered after ``after`` seconds (None: the
+    ``hedge_quantile``, 0.9, of recent attempts, at least ``hedge_floor``, 1 s) gets a second
+    copy, the first good answer winning, but only from capacity no one else asks for: no
+    retry-after running, no attempt waiting for a slot or on the limiters, room in them now,
+    and a retry token from the budget; skipped otherwise (``FLASHKIT_HEDGING=off`` and
+    ``FLASHKIT_ADAPTIVE_TIMEOUT=off`` switch the two off)."""
 
     attempt_timeout: float = 60.0
+    adaptive_timeout: bool = True
+    timeout_quantile: float = 0.99
+    timeout_factor: float = 3.0
+    timeout_floor: float = 10.0
     deadline: float | None = None
+    hedge: bool = True
     after: float | None = None
+    hedge_quantile: float = 0.9
+    hedge_floor: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CacheSettings:
-    """The answers cache: ``enabled``; ``url`` of its store (None: a table in the state
-    database; ``redis://…`` to share it between machines; any SQLite or PostgreSQL URL);
-    entries live ``ttl`` seconds (30 days; ±10 % jitter), compressed with ``codec``
-    (``zstd`` | ``zlib`` | ``lz4`` | ``none``)."""
+    """The answers cache, a :class:`~flashkit.cache.CompressedCache`: ``enabled``; ``url`` of
+    its store (None: a table in the state database; ``redis://…`` to share it between machines;
+    any SQLite or PostgreSQL URL); entries live ``ttl`` seconds (30 days) ± ``ttl_jitter``
+    (0.1: ±10 %). Compressed (``notebooks/03_compression.ipynb``) with ``codec`` (``zstd`` |
+    ``zlib`` | ``lz4`` | ``none``) at ``level`` (None: the codec's default; zstd up to 22, zlib
+    -1 to 9, lz4 1 to 12), values under ``threshold`` bytes as they are; ``dictionary``: zstd
+    trains one of ``dictionary_size`` bytes on the first 1,000 values. Stampedes
+    (``notebooks/05_cache_stampede.ipynb``): ``single_flight`` (one computation per key at a
+    time) and ``early_refresh`` (XFetch, the more eagerly the larger ``beta``)."""
 
     enabled: bool = True
     url: str | None = None
     ttl: float = 30 * 24 * 3600.0
+    ttl_jitter: float = 0.1
     codec: Literal["zstd", "zlib", "lz4", "none"] = "zstd"
+    level: int | None = None
+    threshold: int = 1024
+    dictionary: bool = True
+    dictionary_size: int = 16_384
+    single_flight: bool = True
+    early_refresh: bool = True
+    beta: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -198,6 +235,8 @@ _FLAGS: Final[Mapping[str, str]] = {
     "FLASHKIT_ADAPTIVE_LIMIT": "limits.adaptive",
     "FLASHKIT_TELEMETRY": "telemetry.enabled",
     "FLASHKIT_CACHE": "cache.enabled",
+    "FLASHKIT_HEDGING": "hedging.hedge",
+    "FLASHKIT_ADAPTIVE_TIMEOUT": "hedging.adaptive_timeout",
 }
 # Not settings: read elsewhere (API keys, test services), so never "unknown".
 _NOT_SETTINGS: Final = frozenset(
@@ -215,6 +254,7 @@ _BOUNDS: Final[Mapping[str, tuple[float | None, float | None]]] = {
     "retry.max_delay": (0, None),
     "retry.multiplier": (1, None),
     "retry.max_retry_after": (0, None),
+    "retry.breaker_wait": (0, None),
     "breaker.failure_threshold": (1e-9, 1),
     "breaker.min_throughput": (1, None),
     "breaker.sampling_duration": (1e-6, None),
@@ -228,9 +268,25 @@ _BOUNDS: Final[Mapping[str, tuple[float | None, float | None]]] = {
     "limits.margin": (0, 60),
     "limits.timeout": (1e-9, None),
     "hedging.attempt_timeout": (1e-9, None),
+    "hedging.timeout_quantile": (0.5, 1),
+    "hedging.timeout_factor": (1, 100),
+    "hedging.timeout_floor": (1e-9, None),
     "hedging.deadline": (1e-9, None),
     "hedging.after": (1e-9, None),
+    "hedging.hedge_quantile": (0.5, 1),
+    "hedging.hedge_floor": (0, None),
     "cache.ttl": (1e-3, None),
+    "cache.ttl_jitter": (0, 0.99),
+    "cache.level": (-131_072, 22),
+    "cache.threshold": (0, None),
+    "cache.dictionary_size": (256, 1024 * 1024),
+    "cache.beta": (0, 100),
+}
+# The levels each codec takes, (low, high): checked once every layer of settings is applied.
+_CACHE_LEVELS: Final[Mapping[str, tuple[int, int]]] = {
+    "zstd": (-131_072, 22),
+    "zlib": (-1, 9),
+    "lz4": (1, 12),
 }
 _S = TypeVar("_S")
 
@@ -279,6 +335,12 @@ class Settings:
 
     def replace(self, values: Mapping[str, Any], source: str) -> Settings:
         """A copy with ``{"section.field": value}`` set (validated) and recorded as ``source``."""
+        settings = self._replace(values, source)
+        _check_combinations(settings)
+        return settings
+
+    def _replace(self, values: Mapping[str, Any], source: str) -> Settings:
+        """:meth:`replace` without the checks across fields (a layer may be half applied)."""
         changes: dict[str, dict[str, Any]] = {}
         sources = dict(self.sources)
         policy = self.policy
@@ -339,7 +401,7 @@ def original_settings() -> Settings:
     """The original pipeline's parameters on flashkit's primitives (the rollback path):
     3 attempts, backoff 1–10 s with equal jitter, ``retry-after`` ignored, no retry budget, a
     breaker opening on 5 failures in 60 s for 60 s, a 600-per-minute token bucket of 20, 30-s
-    calls, 50 words at once."""
+    calls (a fixed timeout, no hedging), 50 words at once."""
     values: dict[str, Any] = {
         "retry.max_attempts": 3,
         "retry.initial_delay": 1.0,
@@ -347,6 +409,7 @@ def original_settings() -> Settings:
         "retry.jitter": "equal",
         "retry.respect_retry_after": False,
         "retry.budget": "none",
+        "retry.breaker_wait": 0.0,
         "breaker.failure_threshold": 0.5,
         "breaker.min_throughput": 5,
         "breaker.sampling_duration": 60.0,
@@ -355,6 +418,8 @@ def original_settings() -> Settings:
         "limits.style": "token_bucket",
         "limits.adaptive": False,
         "hedging.attempt_timeout": 30.0,
+        "hedging.adaptive_timeout": False,
+        "hedging.hedge": False,
     }
     settings = Settings().replace(values, "policy original")
     return dataclasses.replace(settings, policy="original")
@@ -393,8 +458,24 @@ def load_settings(
         for key, value in values.items():
             if key != "policy":
                 label = f"env {_env_name(key)}" if source == "env" else source
-                settings = settings.replace({key: value}, label)
+                settings = settings._replace({key: value}, label)
+    _check_combinations(settings)
     return settings
+
+
+def _check_combinations(settings: Settings) -> None:
+    """Checks across fields: a ``cache.level`` the ``cache.codec`` takes."""
+    cache = settings.cache
+    bounds = _CACHE_LEVELS.get(cache.codec)
+    if cache.level is None or bounds is None or bounds[0] <= cache.level <= bounds[1]:
+        return
+    raise ValidationError(
+        f"{settings.source('cache.level')}: cache.level = {cache.level}: {cache.codec} levels are "
+        f"{bounds[0]} to {bounds[1]} (cache.codec = {cache.codec!r} from "
+        f"{settings.source('cache.codec')}); unset it for the codec's default",
+        code="invalid_config",
+        details={"setting": "cache.level"},
+    )
 
 
 def _env_name(key: str) -> str:
@@ -635,6 +716,22 @@ def _token_limiter(
     return RateLimiter(tpm, 60.0, clock=clock, name="tokens")
 
 
+def build_limiters(
+    settings: Settings, *, clock: Clock | None = None
+) -> tuple[Limiter | None, Limiter | None]:
+    """The (requests, tokens) limiters :func:`build_client` gives the client (None: no limit).
+    ``limits.rpm``: a token bucket for a ``token_bucket`` provider (``limits.burst`` less
+    ``limits.margin`` seconds of refill), else GCRA, evenly spaced; unknown, an adaptive one when
+    ``limits.adaptive``. ``limits.tpm``: a sliding window. Shared through ``run.redis``."""
+    run = settings.run
+    host = httpx.URL(run.base_url).host if run.base_url else run.provider
+    key_prefix = f"flashkit:rl:{host}"
+    return (
+        _request_limiter(settings, clock, run.redis, key_prefix),
+        _token_limiter(settings, clock, run.redis, key_prefix),
+    )
+
+
 def _budget(settings: Settings, clock: Clock | None) -> RetryBudget | Literal[False]:
     kind = settings.retry.budget
     if kind == "none":
@@ -644,6 +741,26 @@ def _budget(settings: Settings, clock: Clock | None) -> RetryBudget | Literal[Fa
     if kind == "aws":
         return RetryBudget.aws()
     return RetryBudget.finagle(clock=clock)
+
+
+def _attempt_timeout(hedging: HedgingSettings) -> float | FromLatency:
+    ceiling = hedging.attempt_timeout
+    if not hedging.adaptive_timeout:
+        return ceiling
+    return FromLatency(
+        hedging.timeout_quantile,
+        factor=hedging.timeout_factor,
+        floor=min(hedging.timeout_floor, ceiling),
+        ceiling=ceiling,
+    )
+
+
+def _hedge_after(hedging: HedgingSettings) -> float | FromLatency | None:
+    if not hedging.hedge:
+        return None
+    if hedging.after is not None:
+        return hedging.after
+    return FromLatency(hedging.hedge_quantile, floor=hedging.hedge_floor)
 
 
 def build_client(
@@ -662,10 +779,11 @@ def build_client(
     ``limits.adaptive``; shared through ``run.redis`` when set), breaker, retry with its budget,
     timeouts and hedging. ``transport`` replaces the network (the simulator's, in tests and
     virtual time); ``rng`` seeds the jitter; ``on_retry`` is told of every failed attempt that
-    is retried (e.g. to count 429s); ``cache`` answers repeated requests (:func:`build_cache`)."""
+    is retried (e.g. to count 429s); ``cache`` answers repeated requests (:func:`build_cache`).
+    Timeouts and hedges follow recent attempts (``hedging.adaptive_timeout``,
+    ``hedging.hedge``: :class:`~flashkit.client.FromLatency`) unless switched off."""
     run, retry, breaker = settings.run, settings.retry, settings.breaker
-    host = httpx.URL(run.base_url).host if run.base_url else run.provider
-    key_prefix = f"flashkit:rl:{host}"
+    requests, tokens = build_limiters(settings, clock=clock)
     budget = _budget(settings, clock)
     config = RetryConfig(
         retry.max_attempts,
@@ -705,16 +823,17 @@ def build_client(
         max_tokens=run.max_tokens,
         temperature=run.temperature,
         transport=transport,
-        limiter=_request_limiter(settings, clock, run.redis, key_prefix),
-        token_limiter=_token_limiter(settings, clock, run.redis, key_prefix),
+        limiter=requests,
+        token_limiter=tokens,
         # fixed windows count max_tokens as spent: refunds would run ahead of the provider
         token_refunds=_style(settings) == "token_bucket",
         limiter_timeout=settings.limits.timeout,
         breaker=circuit,
+        breaker_wait=retry.breaker_wait,
         retry=config,
         budget=budget,
-        attempt_timeout=settings.hedging.attempt_timeout,
-        hedge_after=settings.hedging.after,
+        attempt_timeout=_attempt_timeout(settings.hedging),
+        hedge_after=_hedge_after(settings.hedging),
         max_in_flight=run.batch_size,
         cache=cache,
         clock=clock,
@@ -723,21 +842,24 @@ def build_client(
     )
 
 
-def build_cache(settings: Settings) -> CacheService | None:
+def build_cache(settings: Settings, *, store: Store | None = None) -> CacheService | None:
     """The answers cache the settings describe, or None when ``cache.enabled`` is off: a
-    :class:`~flashkit.cache.CompressedCache` (``cache.codec``, entries for ``cache.ttl``
-    seconds) over a :class:`~flashkit.cache.RedisStore` for a ``redis://`` URL, else an
+    :class:`~flashkit.cache.CompressedCache` with every other ``cache.*`` setting, over
+    ``store``, else a :class:`~flashkit.cache.RedisStore` for a ``redis://`` URL, else an
     :class:`~flashkit.cache.SQLStore` in ``cache.url`` or, by default, the state database
     (``run.db``). Close its store when done (``cache.store.close()``)."""
     chosen = settings.cache
     if not chosen.enabled:
         return None
-    url = chosen.url or settings.run.db
-    store: Store
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        store = RedisStore(url, prefix="flashkit:cache:")
-    else:
-        store = SQLStore(url)
+    if store is None:
+        url = chosen.url or settings.run.db
+        redis = url.startswith(("redis://", "rediss://", "unix://"))
+        store = RedisStore(url, prefix="flashkit:cache:") if redis else SQLStore(url)
+    zstd = chosen.codec == "zstd"
     return CompressedCache(
-        store, codec=chosen.codec, ttl=chosen.ttl, namespace="chat", name="answers"
-    )
+        store, codec=chosen.codec, level=chosen.level if chosen.codec != "none" else None,
+        threshold=chosen.threshold, dictionary="auto" if chosen.dictionary and zstd else None,
+        dictionary_size=chosen.dictionary_size, ttl=chosen.ttl, ttl_jitter=chosen.ttl_jitter,
+        single_flight=chosen.single_flight, early_refresh=chosen.early_refresh,
+        beta=chosen.beta, namespace="chat", name="answers",
+    )  # fmt: skip

@@ -44,6 +44,9 @@ _NAME_RE = re.compile(r"[a-z0-9_]+")
 _REQUIRED_KEYS = ("name", "path", "title")
 _OPTIONAL_KEYS = ("parameters", "smoke")
 _RESULTS_DIR_PARAMETER = "results_dir"
+# Notebooks declaring it write what they tuned into one flashkit.toml next to the results.
+_SETTINGS_FILE_PARAMETER = "settings_file"
+_SETTINGS_FILE = "flashkit.toml"
 # Output names the report itself uses next to the per-notebook ``<name>.html`` files.
 _RESERVED_NAMES = frozenset({"index"})
 # Cells dropped from the HTML: papermill's parameter cells, and its error banner/anchor cells
@@ -325,6 +328,8 @@ def run_report(
     executed_dir = output_dir / "executed"
     results_dir = (output_dir / "results").resolve()
     executed_dir.mkdir(parents=True, exist_ok=True)
+    if only is None:  # the tuned settings of this run only (an --only run adds to the last)
+        (results_dir / _SETTINGS_FILE).unlink(missing_ok=True)
     timeout = math.ceil(execution_timeout) if execution_timeout > 0 else None
     report_root = (root if root is not None else manifest.resolve().parent.parent).resolve()
 
@@ -431,6 +436,9 @@ def _run_one(
         if _RESULTS_DIR_PARAMETER in declared:
             results_dir.mkdir(parents=True, exist_ok=True)
             parameters[_RESULTS_DIR_PARAMETER] = str(results_dir)
+        if _SETTINGS_FILE_PARAMETER in declared and _SETTINGS_FILE_PARAMETER not in parameters:
+            results_dir.mkdir(parents=True, exist_ok=True)
+            parameters[_SETTINGS_FILE_PARAMETER] = str(results_dir / _SETTINGS_FILE)
         undeclared = sorted(set(parameters) - declared)
         if undeclared:
             warnings.append(
@@ -539,8 +547,9 @@ def _format_parameters(parameters: Mapping[str, Any]) -> str:
 
 
 def _display_parameters(result: EntryResult) -> dict[str, Any]:
-    # results_dir is an absolute path on the machine that ran the report: not worth a column.
-    return {k: v for k, v in result.parameters.items() if k != _RESULTS_DIR_PARAMETER}
+    # Absolute paths on the machine that ran the report: not worth a column.
+    injected = (_RESULTS_DIR_PARAMETER, _SETTINGS_FILE_PARAMETER)
+    return {k: v for k, v in result.parameters.items() if k not in injected}
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,7 @@ from flashkit.lab.breaker import (
     plot_breaker_timeline,
     simulate_breaker,
 )
+from flashkit.ratelimit import RateLimiter
 
 
 # --- backoff ----------------------------------------------------------------------------------
@@ -317,3 +319,316 @@ def test_refunding_unused_tokens_raises_throughput_within_the_limit() -> None:
     pulled = table.loc["acquire max_tokens, refund the rest (queued calls go at once)"]
     assert pulled["calls_per_minute"] > 2 * with_refund["calls_per_minute"]
     assert (table["peak_tokens_in_a_minute"] <= table["limit_tokens_per_minute"]).all()
+
+
+# --- choosing what to set ---------------------------------------------------------------------
+def test_choose_jitter_takes_the_fastest_of_the_fewest_calls() -> None:
+    from flashkit.lab.backoff import choose_jitter
+
+    summary = summarize_contention(
+        contention_experiment(clients=[30], repetitions=4, seed=0)
+    )  # fmt: skip
+    chosen = choose_jitter(summary, clients=30)
+    at = summary.set_index("strategy")
+    assert chosen.name.title() in {"Full", "Equal", "Decorrelated"}
+    assert at.loc[chosen.name.title(), "calls"] <= 1.1 * at.loc[["Full", "Equal", "Decorrelated"],
+                                                                "calls"].min()  # fmt: skip
+    import pandas as pd
+
+    made_up = pd.DataFrame(
+        {"strategy": ["Exponential", "Full", "Equal", "Decorrelated"], "clients": 100,
+         "calls": [900.0, 400.0, 420.0, 500.0], "time_ms": [9e4, 5000.0, 4000.0, 100.0]}
+    )  # fmt: skip
+    assert choose_jitter(made_up) is Jitter.EQUAL  # within 10 % of the fewest calls, faster
+    with pytest.raises(ValueError, match="no jittered strategy"):
+        choose_jitter(made_up, clients=5)
+
+
+def test_choose_breaker_sheds_the_outage_and_keeps_the_most_calls() -> None:
+    from flashkit.lab.breaker import choose_breaker
+
+    baseline = simulate_breaker(SHORT, use_breaker=False, seed=1)
+    runs = {
+        "default": simulate_breaker(SHORT, BreakerSettings(), seed=1),
+        "hair trigger": simulate_breaker(SHORT, BreakerSettings(failure_threshold=0.1), seed=1),
+        "asleep": simulate_breaker(SHORT, BreakerSettings(min_throughput=10_000), seed=1),
+    }
+    assert choose_breaker(runs, baseline) == "default"
+    with pytest.raises(ValueError, match="no breaker kept the outage"):
+        choose_breaker({"asleep": runs["asleep"]}, baseline)
+
+
+def test_long_sweeps_report_their_progress() -> None:
+    seen: list[tuple[int, int]] = []
+    contention_experiment(clients=[3, 4], repetitions=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(d, 20) for d in range(1, 21)]  # 5 strategies x 2 counts x 2 runs
+
+
+# --- debouncing and progress (a fake timer: no sleeps) ----------------------------------------
+class FakeTimers:
+    """A timer on a clock moved by hand: what ``asyncio.call_later`` does in a kernel."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waiting: list[list[object]] = []  # [due, action, cancelled]
+
+    def schedule(self, seconds: float, action: object) -> object:
+        entry: list[object] = [self.now + seconds, action, False]
+        self.waiting.append(entry)
+
+        class Handle:
+            def cancel(self) -> None:
+                entry[2] = True
+
+        return Handle()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [e for e in self.waiting if e[0] <= self.now and not e[2]]  # type: ignore[operator]
+        self.waiting = [e for e in self.waiting if e not in due and not e[2]]
+        for entry in due:
+            entry[1]()  # type: ignore[operator]
+
+
+def test_a_debouncer_runs_once_after_the_last_of_a_run_of_calls() -> None:
+    from flashkit.lab.widgets import Debouncer
+
+    timers, calls = FakeTimers(), []
+    debounced = Debouncer(lambda: calls.append(timers.now), 0.2, schedule=timers.schedule)
+    for _ in range(3):  # three changes 0.1 s apart
+        debounced()
+        timers.advance(0.1)
+    assert calls == []
+    assert debounced.pending
+    timers.advance(0.1)  # 0.2 s after the last one
+    assert calls == [pytest.approx(0.4)]
+    assert not debounced.pending
+    debounced()
+    debounced.flush()  # now, not later
+    assert len(calls) == 2
+    timers.advance(1.0)
+    assert len(calls) == 2
+    debounced()
+    debounced.cancel()
+    timers.advance(1.0)
+    assert len(calls) == 2
+    debounced.flush()  # nothing waiting: nothing to run
+    assert len(calls) == 2
+
+
+def test_a_debouncer_without_an_event_loop_runs_at_once_and_with_one_on_it() -> None:
+    import asyncio
+
+    from flashkit.lab.widgets import Debouncer
+
+    calls: list[int] = []
+    debounced = Debouncer(lambda: calls.append(1), 0.0)
+    debounced()
+    assert calls == [1]
+    assert not debounced.pending
+
+    async def in_a_kernel() -> None:
+        ran = asyncio.Event()
+        debounced.action = ran.set
+        debounced()
+        assert debounced.pending  # left to the loop, as a kernel's comm handler would
+        await ran.wait()  # the loop runs it (after 0 s)
+        assert not debounced.pending
+
+    asyncio.run(in_a_kernel())
+
+
+def test_a_panel_reruns_once_for_a_run_of_changes_and_applies_them_before_export(
+    close_figures: None, tmp_path: Path
+) -> None:
+    from flashkit.lab.widgets import BreakerSimulator
+
+    timers = FakeTimers()
+    simulator = BreakerSimulator(SHORT, seed=1)
+    simulator.debouncer.schedule = timers.schedule
+    first = simulator.run
+    simulator.controls["failure_threshold"].value = 0.3
+    simulator.controls["min_throughput"].value = 30
+    assert simulator.run is first  # not yet: the update waits for the last change
+    assert "updating" in simulator.status.value
+    timers.advance(0.25)
+    assert simulator.run is not first
+    assert simulator.run.summary["settings"]["min_throughput"] == 30
+    assert simulator.status.value == ""
+    simulator.controls["half_open_max_calls"].value = 5
+    simulator.export(tmp_path / "tuned.toml")  # flushes the waiting change first
+    assert "half_open_max_calls = 5" in (tmp_path / "tuned.toml").read_text("utf-8")
+
+
+def test_a_progress_bar_counts_and_estimates_what_is_left() -> None:
+    from flashkit.lab.widgets import ProgressBar
+
+    now = [0.0]
+    bar = ProgressBar("runs", enabled=False, every=0.5, clock=lambda: now[0])
+    bar(0, 10)
+    assert (bar.bar.value, bar.bar.max) == (0, 10)
+    now[0] = 2.0
+    bar(4, 10)
+    assert bar.bar.value == 4
+    assert bar.label.value == "4/10, 2.0 s, about 3 s left"
+    now[0] = 2.1
+    bar(5, 10)  # within 0.5 s of the last redraw: skipped
+    assert bar.bar.value == 4
+    now[0] = 2.2
+    bar(10, 10)  # the end is always drawn
+    assert bar.label.value == "10/10 in 2.2 s"
+    assert bar.bar.bar_style == "success"
+
+
+# --- one limiter, one arrival pattern ---------------------------------------------------------
+def test_arrival_patterns() -> None:
+    from flashkit.lab.ratelimit import arrival_times
+
+    assert arrival_times("burst", 3) == [0.0, 0.0, 0.0]
+    assert arrival_times("steady", 3, per_second=4) == [0.0, 0.25, 0.5]
+    waves = arrival_times("waves", 25, per_second=2)  # 10 every 5 s
+    assert waves[:11] == [0.0] * 10 + [5.0]
+    assert waves[-1] == 10.0
+    poisson = arrival_times("poisson", 2000, per_second=100, seed=3)
+    assert poisson == sorted(poisson)
+    assert poisson[-1] == pytest.approx(20.0, rel=0.1)
+    assert arrival_times("poisson", 50, seed=3) == arrival_times("poisson", 50, seed=3)
+    with pytest.raises(ValueError, match="use one of"):
+        arrival_times("tsunami", 3)
+    with pytest.raises(ValueError, match="total >= 1"):
+        arrival_times("steady", 0)
+
+
+def test_limiter_run_records_what_the_limiter_admits() -> None:
+    from flashkit.lab.ratelimit import limiter_run
+
+    strict = limiter_run(rate=200, period=1.0, total=600, tasks=50)
+    assert strict.summary["max_in_window"] == 200
+    assert strict.summary["within_limit"]
+    assert strict.summary["first_window"] == 200
+    assert strict.summary["last_admission"] == pytest.approx(2.0, abs=0.01)
+    bucket = limiter_run(rate=200, period=1.0, algorithm="token_bucket", burst=200, total=600)
+    assert bucket.summary["max_in_window"] > 350  # a full bucket and a second's refill
+    assert not bucket.summary["within_limit"]
+    requests = bucket.requests
+    assert list(requests.columns) == ["arrived", "admitted", "wait"]
+    assert (requests["wait"] >= 0).all()
+    assert requests["admitted"].is_monotonic_increasing
+    # Under the limit nothing waits; one task makes requests queue for it.
+    calm = limiter_run(rate=200, period=1.0, arrivals="steady", per_second=50, total=100)
+    assert calm.summary["max_wait"] == pytest.approx(0.0, abs=1e-9)
+    paced = limiter_run(
+        lambda clock: RateLimiter(10, 1.0, algorithm="gcra", clock=clock),
+        arrivals=[0.0] * 20,
+        tasks=1,
+    )
+    assert paced.summary["last_admission"] == pytest.approx(1.9)
+    assert paced.summary["max_in_window"] == 10  # evenly spaced: no float overshoot
+    with pytest.raises(ValueError, match="at least 1 task"):
+        limiter_run(tasks=0)
+
+
+def test_the_rate_limit_explorer_reruns_and_compares_with_flashkit_process(
+    close_figures: None,
+) -> None:
+    from flashkit.lab.widgets import RateLimitExplorer
+
+    explorer = RateLimitExplorer(total=300, tasks=20)
+    assert all(
+        explorer.controls[name].continuous_update is False
+        for name in ("rate", "burst", "per_second", "total", "tasks")
+    )
+    assert explorer.run is not None
+    assert explorer.built is not None
+    assert explorer.run.summary["max_in_window"] == 200
+    assert "gcra" in explorer.built.summary["limiter"]  # a window: evenly spaced in process
+    explorer.controls["algorithm"].value = "token_bucket"
+    explorer.controls["burst"].value = 100
+    assert explorer.run.summary["max_in_window"] == 299
+    explorer.controls["arrivals"].value = "steady"
+    explorer.controls["per_second"].value = 50
+    assert explorer.run.summary["max_wait"] == pytest.approx(0.0, abs=1e-9)
+    before = explorer.run
+    explorer.controls["algorithm"].value = "sliding_window"  # with a burst: refused
+    assert "sliding" in explorer.message.value
+    assert explorer.run is before
+    explorer.controls["burst"].value = 0
+    assert explorer.message.value == ""
+    assert explorer.values() == {
+        "limits.rpm": 12_000.0, "limits.style": "fixed_window", "limits.adaptive": False,
+    }  # fmt: skip
+
+
+def test_in_a_kernel_a_panel_computes_off_the_event_loop_and_draws_only_the_latest() -> None:
+    """With a running event loop (as in a kernel) the experiment runs on the panel's worker
+    thread: the loop keeps turning while it runs, a superseded run is dropped (or skipped
+    before it starts), a bad combination or a failed run is shown as the message, and flush()
+    waits for the run in progress."""
+    import asyncio
+    import threading
+
+    import ipywidgets as w
+
+    from flashkit.errors import ValidationError
+    from flashkit.lab.widgets import _Panel
+
+    class Slow(_Panel):
+        def __init__(self) -> None:
+            self.controls = {"n": w.IntSlider(value=0, min=-5, max=100)}
+            self.gate = threading.Event()
+            self.ran: list[int] = []
+            self.drawn: list[int] = []
+            self._layout([["n"]])
+            self.debouncer.schedule = lambda seconds, action: action()  # no debounce wait
+
+        def _job(self):  # type: ignore[no-untyped-def]
+            n = self.controls["n"].value
+            if n < 0:
+                raise ValidationError("n must be >= 0", code="invalid_config")
+
+            def job() -> int:
+                self.gate.wait()
+                if n == 99:
+                    raise RuntimeError("the experiment broke")
+                self.ran.append(n)
+                return n
+
+            return job
+
+        def _draw(self, result: int) -> None:
+            self.drawn.append(result)
+
+    async def main(panel: Slow) -> None:
+        panel.controls["n"].value = 1  # runs, held at the gate
+        panel.controls["n"].value = 2  # waits behind it
+        panel.controls["n"].value = 3  # supersedes 2 before it starts
+        for _ in range(5):
+            await asyncio.sleep(0)  # the loop turns while the run is held
+        assert panel.drawn == []
+        assert "updating" in panel.status.value
+        running = panel._running
+        assert running is not None
+        panel.gate.set()
+        await asyncio.wrap_future(running[1])
+        assert panel.ran == [1, 3]  # 2 was skipped: superseded before it started
+        assert panel.drawn == [3]  # 1 finished but was superseded: not drawn
+        assert panel.status.value == ""
+        panel.controls["n"].value = 4
+        panel.flush()  # waits for the run and draws it now
+        assert panel.drawn == [3, 4]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert panel.drawn == [3, 4]  # not drawn twice
+        panel.controls["n"].value = -1
+        assert "n must be &gt;= 0" in panel.message.value
+        panel.controls["n"].value = 99
+        panel.flush()
+        assert "RuntimeError: the experiment broke" in panel.message.value
+
+    panel = Slow()
+    try:
+        asyncio.run(main(panel))
+    finally:
+        panel.gate.set()
+        if panel._executor is not None:
+            panel._executor.shutdown()

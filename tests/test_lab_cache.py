@@ -231,7 +231,8 @@ def test_stampede_table_and_plot(runs, close_figures: None) -> None:  # type: ig
     json.dumps(runs["XFetch β=1"].summary())  # JSON-ready
     figure = plot_stampede_timeline(runs, until=40)
     top, bottom = figure.axes
-    assert "reads/s" in top.get_title()
+    assert "reads/s" in figure.get_suptitle()
+    assert top.get_title() == "Recomputes running at once"
     assert "(s)" in bottom.get_xlabel()
     assert len(top.get_legend().get_texts()) == len(runs)
 
@@ -317,3 +318,37 @@ def test_stampede_explorer_reruns_with_the_sliders(close_figures: None) -> None:
     explorer.controls["strategy"].value = "xfetch"
     explorer.controls["beta"].value = 2.0
     assert explorer.result.beta == 2.0
+
+
+def test_the_sweeps_report_their_progress(payloads) -> None:  # type: ignore[no-untyped-def]
+    seen: list[tuple[int, int]] = []
+    compression_table(
+        payloads[:40],
+        levels={"zlib": (6,), "zstd": (3,)},
+        codecs=("zlib", "zstd"),
+        dictionary_sizes=(4096,),
+        repetitions=1,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen == [(1, 3), (2, 3), (3, 3)]  # zlib-6, zstd-3, zstd-3 + dictionary
+    seen.clear()
+    stampede_comparison(duration=5.0, betas=(1.0,), progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_the_stampede_explorer_keeps_its_baseline_while_only_the_strategy_moves(
+    close_figures: None,
+) -> None:
+    from flashkit.lab.cache import StampedeExplorer
+
+    explorer = StampedeExplorer(duration=20.0)
+    baseline = explorer.baseline
+    explorer.controls["beta"].value = 2.0
+    explorer.controls["strategy"].value = "ttl_jitter"
+    assert explorer.baseline is baseline  # no protection's run does not depend on them
+    explorer.controls["recompute"].value = 0.5
+    assert explorer.baseline is not baseline
+    assert explorer.values() == {
+        "cache.ttl_jitter": 0.1, "cache.single_flight": False, "cache.early_refresh": False,
+        "cache.beta": 2.0,
+    }  # fmt: skip

@@ -20,6 +20,7 @@ from flashkit.lab.success import (
     run_success_metrics,
     sent_in_retry_after,
     target_verdicts,
+    versus_peer,
 )
 from flashkit.lab.success.original import original_stage1
 from flashkit.sim._content import stage1_text
@@ -180,3 +181,57 @@ def test_parsers_and_words() -> None:
         )
     rows = parse_stage2("1\t나\t1\tScene\tp\tf\tb\tt\tcasual\n")
     assert rows[0]["tab_name"] == "Scene"
+
+
+# --- after against the peer: hedging and latency-aware timeouts (docs/design/hedging.md) --------
+def test_where_the_tail_is_latency_after_beats_the_peer_on_every_seed() -> None:
+    """flaky, 300 words arriving over 120 s, seeds 1-5: after fails no word, its p99 time to
+    card is at most 0.8 of the peer's, with at most 1.15 times its upstream requests, and it
+    finishes no later. Measured: p99 ratio 0.62-0.76, requests 1.09-1.13."""
+    frame = versus_peer(["flaky"], workloads=["arriving"])
+    assert list(frame["seed"]) == [1, 2, 3, 4, 5]
+    assert frame["all_ok"].all(), frame.to_string()
+    assert (frame["hedges_sent"] > 0).all()  # the latency tail is what hedging attacks
+
+
+def test_all_words_at_once_after_is_never_behind_the_peer() -> None:
+    """300 flaky words released together, seeds 1-5 (the hedging issue's experiment): 0
+    errors, p99 under the peer's, requests within 1.15 times, done sooner. (Not 0.8 of the
+    peer's p99: 50 requests in flight bound such a run, and 0.8 of the peer's p99 is below the
+    fault-aware ideal completion; docs/design/hedging.md.) Hedges are skipped while attempts
+    queue for a slot: the client is saturated."""
+    frame = versus_peer(["flaky"], workloads=["at_once"])
+    assert (frame["after_failed"] == 0).all()
+    assert (frame["p99_ratio"] < 1.0).all()
+    assert frame["requests_ok"].all(), frame.to_string()
+    assert frame["completion_ok"].all(), frame.to_string()
+    assert (frame["hedges_skipped"] > frame["hedges_sent"]).all()
+
+
+@pytest.mark.parametrize("profile", ["outage", "brownout"])
+def test_through_an_outage_or_a_brownout_after_loses_no_word(profile: str) -> None:
+    """Words arriving through the window (300 over 120 s; outage 60-180 s, brownout 30-150 s),
+    seeds 1-5: no word fails. (Before breaker_wait, calls rejected by the open breaker spent
+    their attempts and retry tokens and up to 21 words were lost in the outage.)"""
+    for seed in range(1, 6):
+        run = run_policy("after", profile, Workload(300, 50, 120.0), seed=seed)
+        assert run.words["ok"].all(), (seed, run.words.loc[~run.words["ok"], "error"].tolist())
+
+
+@pytest.mark.parametrize("profile", ["rate_limited", "llm_realistic"])
+def test_hedging_never_costs_a_limited_run_anything(profile: str) -> None:
+    """Where first attempts wait on the limit, hedges are skipped ("queued"); only in the last
+    seconds, with nothing left to wait, may one go out from spare room. Against the same run
+    without hedging and adaptive timeouts, seeds 1-5: done no later, no 429, no failed word, no
+    trip, no request but the hedges."""
+    off = {"hedging.hedge": False, "hedging.adaptive_timeout": False}
+    for seed in range(1, 6):
+        on_run = run_policy("after", profile, Workload(words=60), seed=seed)
+        off_run = run_policy("after", profile, Workload(words=60), seed=seed, after_changes=off)
+        assert on_run.completion <= off_run.completion + 1e-9
+        assert on_run.words["ok"].all()
+        assert on_run.breaker_trips == 0
+        assert on_run.stats["rate_limited_total"] == 0
+        hedges = on_run.notes["hedges_sent"]
+        assert on_run.stats["requests"] <= off_run.stats["requests"] + hedges
+        assert hedges <= 1 < on_run.notes["hedges_skipped"]

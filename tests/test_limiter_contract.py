@@ -331,6 +331,36 @@ def test_a_large_count_takes_its_units(case: Case) -> None:
     assert not case.limiter.try_acquire().allowed
 
 
+def test_try_acquire_never_goes_ahead_of_a_queued_acquire(case: Case) -> None:
+    """One unit is left and an acquire of two waits for more: a try_acquire of the one unit is
+    refused (and remaining says 0) while the waiter is queued. What the client's
+    hedges rely on (flashkit.client._hedging): a request that must not delay anyone takes its
+    units with try_acquire, and no limiter lets it jump the queue, whoever the waiter is.
+    (Redis: its waiter queues on the server after a round trip, which this test cannot see
+    without timing; test_redis_ratelimit.py shows its FIFO holds against acquire(timeout=0).)"""
+    if not case.virtual:
+        pytest.skip("Redis: see test_fifo_waiter_gets_first_entry_plus_period_... in its tests")
+    assert isinstance(case.clock, VirtualClock)
+    clock = case.clock
+    limiter = case.limiter
+    fill(limiter, CAPACITY - 1)
+
+    async def scenario() -> tuple[bool, float, float]:
+        waiter = asyncio.ensure_future(limiter.acquire(count=2))
+        await asyncio.sleep(0)  # the waiter has queued
+        assert not waiter.done()
+        refused = limiter.try_acquire()
+        left = limiter.remaining()
+        grant = await waiter
+        return refused.allowed, left, grant.admitted_at
+
+    start = clock.now()
+    jumped, left, admitted_at = run_virtual(scenario(), clock=clock)
+    assert not jumped
+    assert left == 0.0
+    assert admitted_at > start  # the waiter's turn came, the unit still its own
+
+
 # --- acquire --------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_acquire_returns_a_grant(case: Case, mode: str) -> None:

@@ -40,6 +40,7 @@ def test_every_notebook_runs_clean(report) -> None:  # type: ignore[no-untyped-d
         "success_flaky",
         "success_rate_limited",
         "success_outage",
+        "success_brownout",
         "success_llm_realistic",
         "client_bench",
         "pipeline_bench",
@@ -77,7 +78,7 @@ def test_breaker_notebook_compares_presets(report) -> None:  # type: ignore[no-u
     assert results["duration"] == 120.0
     comparison = results["comparison"]
     assert comparison["no breaker"]["trips"] == 0
-    assert len(comparison) == 5
+    assert len(comparison) == 6  # no breaker, four presets, flashkit process's default
     assert any(row["trips"] >= 1 for name, row in comparison.items() if name != "no breaker")
 
 
@@ -120,7 +121,7 @@ def test_ratelimit_benchmark_reports_peers_and_redis(report) -> None:  # type: i
     assert "floor: EVALSHA return 1 (redis-py client)" in modes
 
 
-@pytest.mark.parametrize("profile", ["flaky", "rate_limited", "outage"])
+@pytest.mark.parametrize("profile", ["flaky", "rate_limited", "outage", "brownout"])
 def test_success_metrics_notebook_judges_the_targets(report, profile: str) -> None:  # type: ignore[no-untyped-def]
     """Each success-metrics entry measured all three policies and judged the success targets."""
     results = json.loads((report.output_dir / "results" / f"success_{profile}.json").read_text())
@@ -144,11 +145,20 @@ def test_success_metrics_notebook_judges_the_targets(report, profile: str) -> No
             assert verdict["verdict"] == "n/a (0 before)"
     # flashkit never sends inside a retry-after window it has received.
     assert metrics["after"]["sent_in_retry_after"] == 0
-    if profile in ("flaky", "outage"):
+    if profile in ("flaky", "outage", "brownout"):
         # Measured (seed 1, smoke sizes): before loses most words to its never-resetting
-        # breaker (flaky) or to the outage; flashkit rides both out.
+        # breaker (flaky) or to the outage or brownout; flashkit rides them out.
         assert metrics["after"]["error_rate"] < metrics["before"]["error_rate"]
         assert verdicts["error_rate"]["met"] is True
+    notes = results["notes"]["after"]
+    assert {"hedges_sent", "hedges_won", "hedges_skipped", "attempt_timeout"} <= set(notes)
+    if profile == "rate_limited":  # the limited presets compare hedging on and off instead
+        assert metrics["after"]["failed"] == results["hedging_off"]["failed"] == 0
+        assert metrics["after"]["breaker_trips"] == results["hedging_off"]["breaker_trips"] == 0
+    else:  # after against the peer on both workloads (smoke: seed 1, a fifth of the words)
+        versus = results["versus"]
+        assert {row["workload"] for row in versus} == {"at_once", "arriving"}
+        assert all(row["preset"] == profile and row["after_failed"] == 0 for row in versus)
 
 
 def test_pipeline_benchmark_runs_the_command_durable_and_in_memory(report) -> None:  # type: ignore[no-untyped-def]
@@ -212,3 +222,53 @@ def test_cache_benchmark_reports_ratios_and_targets(report) -> None:  # type: ig
     assert all(row["ratio"] >= 1.0 for row in codecs.values())
     assert len(results["targets"]) == 5
     assert all(isinstance(t["met"], bool) for t in results["targets"])
+
+
+TUNING = {"backoff": "retry", "breaker": "breaker", "rate_limits": "limits",
+          "compression": "cache", "stampede": "cache"}  # fmt: skip
+
+
+def test_the_tuning_notebooks_end_with_what_to_set_in_one_flashkit_toml(report) -> None:  # type: ignore[no-untyped-def]
+    """Each tuning notebook opens with what it answers, ends with what to set, and (given
+    ``settings_file``, as the report gives it) writes its choice into one flashkit.toml that
+    flashkit.config loads and `flashkit process` runs with, naming the file for every value."""
+    from typer.testing import CliRunner
+
+    from flashkit.cli import app
+    from flashkit.config import load_settings
+
+    config = (report.output_dir / "results" / "flashkit.toml").resolve()
+    settings = load_settings(config_file=config, environ={})
+    words = report.output_dir / "words.csv"
+    words.write_text("position,term,type\n1,내가,pronoun\n", "utf-8")
+    shown = CliRunner().invoke(
+        app, ["process", str(words), "--provider", "sim", "--dry-run", "--config", str(config),
+              "--db", f"sqlite:///{report.output_dir / 'state.db'}"],
+        env={"COLUMNS": "400"},  # the table names the file in full
+    )  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    for entry in report.entries:
+        if entry.entry.name not in TUNING:
+            continue
+        assert entry.parameters["settings_file"] == str(config)
+        notebook = json.loads(entry.entry.path.read_text("utf-8"))
+        cells = ["".join(cell["source"]) for cell in notebook["cells"]]
+        assert cells[1].startswith("## What this notebook answers"), entry.entry.name
+        assert any(cell.startswith("## What to set") for cell in cells), entry.entry.name
+        page = entry.html.read_text("utf-8")
+        assert "What to set" in page
+        assert "In code:" in page
+        results = json.loads(
+            (report.output_dir / "results" / f"{entry.entry.name}.json").read_text()
+        )
+        values = results["values"]
+        assert values
+        assert {key.split(".")[0] for key in values} == {TUNING[entry.entry.name]}
+        for key, value in values.items():  # compression and stampede write apart in [cache]
+            assert settings.get(key) == value, key
+            if value is not None:  # None (a codec's default level) is not written
+                assert settings.source(key) == str(config), key
+                line = next(x for x in shown.output.splitlines() if f" {key} " in x)
+                assert str(config) in line, line
+    assert settings.source("run.batch_size") == "default"  # nothing else was written
+    assert 'href="results/flashkit.toml"' in report.index.read_text("utf-8")

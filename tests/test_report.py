@@ -590,6 +590,7 @@ def test_repo_manifest_is_valid() -> None:
         "success_flaky",
         "success_rate_limited",
         "success_outage",
+        "success_brownout",
         "success_llm_realistic",
         "client_bench",
         "pipeline_bench",

@@ -231,6 +231,8 @@ def test_metric_names_and_units_follow_one_scheme() -> None:
         tm.CLIENT_REQUESTS,
         tm.CLIENT_DURATION,
         tm.CLIENT_TOKENS,
+        tm.CLIENT_HEDGES,
+        tm.CLIENT_ATTEMPT_TIMEOUT,
     }
     for name, spec in tm.METRICS.items():
         assert spec.name == name

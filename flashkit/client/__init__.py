@@ -4,9 +4,13 @@
 ...     result = await client.chat([{"role": "user", "content": "안녕"}], max_tokens=200)
 
 :class:`LLMClient` lives in ``_llm``; what it speaks in (providers, usage, results, the cache
-key) in ``_types``; how its arguments become a policy in ``_setup``.
+key) in ``_types``; how its arguments become a policy in ``_setup``; recent attempts' latency
+and the bounds derived from it (:class:`FromLatency`) in ``_latency``; hedged requests in
+``_hedging``; the answers cache in ``_cached``.
 """
 
+from flashkit.client._hedging import HEDGE_SKIPS, HedgeStats
+from flashkit.client._latency import FromLatency, LatencyTracker
 from flashkit.client._llm import LLMClient
 from flashkit.client._types import (
     DEFAULT_MODEL,
@@ -24,6 +28,10 @@ __all__ = [
     "PROVIDERS",
     "ChatCache",
     "ChatResult",
+    "FromLatency",
+    "HEDGE_SKIPS",
+    "HedgeStats",
+    "LatencyTracker",
     "LLMClient",
     "Provider",
     "Usage",

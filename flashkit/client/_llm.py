@@ -14,9 +14,14 @@ this order:
    (``limiter=``) and one counting LLM tokens (``token_limiter=``): tokens are acquired as
    ``max_tokens`` plus a prompt estimate and settled with the answer's ``usage`` (``adjust``);
 3. the **breaker** (:class:`~flashkit.breaker.CircuitBreaker`; 429s do not count against it);
-4. the **HTTP exchange** under ``attempt_timeout`` seconds (really cancelled), optionally
-   **hedged**: with ``hedge_after`` set, a second request goes out when the first is slow (paid
-   from the retry budget; refused → no hedge); the first good answer wins, the other is cancelled.
+4. the **HTTP exchange** under ``attempt_timeout`` seconds (really cancelled; fixed, or
+   :class:`~flashkit.client.FromLatency`: a quantile of recent attempts times a factor, between a
+   floor and a ceiling), optionally **hedged**: with ``hedge_after`` set (seconds, or
+   ``FromLatency``), a second request goes out when the first is slow, only from capacity no one
+   else asks for: no ``retry-after`` running, none of this client's attempts waiting for a slot
+   or on the limiters, room in them now, and a retry token from the budget (else it is skipped
+   and counted); the first good answer wins, the other is cancelled
+   (:mod:`flashkit.client._hedging`, ``docs/design/hedging.md``).
 
 Answers are classified by :func:`~flashkit.errors.classify`: 429 and 5xx are retried (after at
 least their ``retry-after``), authentication and validation errors are raised at once, bodies that
@@ -45,12 +50,16 @@ from opentelemetry import trace
 from flashkit._headers import LimitInfo, parse_rate_limit_headers
 from flashkit.breaker import CircuitBreaker, CircuitState
 from flashkit.budget import RetryBudget
+from flashkit.client._cached import from_cache, to_cache
+from flashkit.client._hedging import Hedger, HedgeStats, SkipReason, has_room, take_room
+from flashkit.client._latency import FromLatency, LatencyTracker
 from flashkit.client._setup import (
     api_key_for,
     check_seconds,
     check_whole,
     default_breaker,
     retry_policy,
+    scrub_secret,
 )
 from flashkit.client._types import (
     DEFAULT_MODEL,
@@ -98,6 +107,9 @@ class _Call:
     limiter_wait: float = 0.0
     token_grant: Grant | None = None  # the estimate's grant, until settled
     hedged: bool = False
+    breaker_waited: float = 0.0  # seconds spent waiting for an open breaker (breaker_wait)
+    timeout: float | None = None  # seconds: the attempt timeout in force for the latest attempt
+    hedge: str | None = None  # the latest attempt's hedge: "sent", "won", "skipped"; None: not due
     rec: ClientCall | None = None
     delays: list[float] = dataclasses.field(default_factory=list)
 
@@ -135,15 +147,28 @@ class LLMClient:
         limiter_timeout: longest wait for the limiter per attempt (None: unbounded).
         breaker: a ``CircuitBreaker``; None builds one (50 % failures of at least 20 calls in 30 s
             open it for 5 s; 429s are not failures); False: no breaker.
+        breaker_wait: seconds a call may wait in all for an open breaker before its attempts
+            are rejected (default 0.0: rejected at once, failing fast). An attempt waiting for
+            the breaker sent nothing, so it spends no attempt and no retry token: with a few
+            minutes here a call rides out an outage the breaker has detected.
         retry: a ``RetryConfig``; default 5 attempts, full jitter from 0.5 s up to 30 s,
             ``retry-after`` honoured up to 120 s. Its clock and budget are replaced by this
             client's.
         budget: a ``RetryBudget`` shared by all calls; None builds ``RetryBudget.finagle()``;
             False: none.
-        attempt_timeout: seconds per HTTP exchange (60.0; None: unbounded).
+        attempt_timeout: seconds per HTTP exchange (60.0; None: unbounded), or a
+            :class:`~flashkit.client.FromLatency` deriving them from recent attempts (e.g.
+            ``FromLatency(0.99, factor=3.0, floor=10.0, ceiling=60.0)``: its ``ceiling`` until
+            enough are known). A timed-out attempt counts as a failure for the breaker and the
+            budget, and is retried.
         deadline: seconds for a whole call, waits and retries included (None: unbounded).
         hedge_after: send a second request when the first has not answered after this many
-            seconds (None: no hedging). Only for idempotent calls.
+            seconds, or after a :class:`~flashkit.client.FromLatency` of recent attempts (e.g.
+            ``FromLatency(0.9, floor=1.0)``; no hedge until enough are known); None: no
+            hedging. Only for idempotent calls, and only when the hedge delays no one: see the
+            module docstring; :attr:`hedge_stats` counts hedges sent, won and skipped.
+        latency_window: how many recent attempts (successful, or timed out: at their timeout)
+            the ``FromLatency`` bounds are taken from (100; none older than 300 s).
         cache: a :class:`ChatCache`: a request identical to an earlier one (host, model,
             messages, sampling parameters: :func:`chat_cache_key`) is answered from it without
             touching limiter, breaker or upstream (``ChatResult.cached``); answers are stored as
@@ -174,11 +199,13 @@ class LLMClient:
         limiter_key: str = "default",
         limiter_timeout: float | None = None,
         breaker: CircuitBreaker | Literal[False] | None = None,
+        breaker_wait: float = 0.0,
         retry: RetryConfig | None = None,
         budget: RetryBudget | Literal[False] | None = None,
-        attempt_timeout: float | None = 60.0,
+        attempt_timeout: float | FromLatency | None = 60.0,
         deadline: float | None = None,
-        hedge_after: float | None = None,
+        hedge_after: float | FromLatency | None = None,
+        latency_window: int = 100,
         max_in_flight: int | None = None,
         cache: ChatCache | None = None,
         headers: Mapping[str, str] | None = None,
@@ -213,11 +240,13 @@ class LLMClient:
         self._secret = api_key_for(preset, api_key)
         check_whole("max_tokens", max_tokens, "2000")
         check_whole("max_in_flight", max_in_flight, "50", optional=True)
+        check_whole("latency_window", latency_window, "100")
         check_seconds(
-            attempt_timeout=attempt_timeout,
+            attempt_timeout=None if isinstance(attempt_timeout, FromLatency) else attempt_timeout,
             deadline=deadline,
-            hedge_after=hedge_after,
+            hedge_after=None if isinstance(hedge_after, FromLatency) else hedge_after,
             limiter_timeout=limiter_timeout,
+            breaker_wait=breaker_wait or None,
         )
         self.model = model
         self.max_tokens = max_tokens
@@ -225,6 +254,7 @@ class LLMClient:
         self.attempt_timeout = attempt_timeout
         self.hedge_after = hedge_after
         self.max_in_flight = max_in_flight
+        self.breaker_wait = breaker_wait
         self.cache = cache
         self._slots: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Semaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
@@ -232,7 +262,16 @@ class LLMClient:
         self.clock = clock if clock is not None else default_clock()
         self._now = self.clock.now
         self.name = name
-        self._http = self._http_client(transport, headers, attempt_timeout)
+        # Recent attempts' seconds, for the FromLatency timeout and hedge delay.
+        self.latency = LatencyTracker(latency_window, max_age=300.0, clock=self.clock)
+        self._hedger = Hedger(hedge_after, self.latency) if hedge_after is not None else None
+        self._queued = 0  # attempts waiting for a slot (max_in_flight)
+        self._waiting = 0  # attempts waiting on the limiters
+        self._timeout_shown: float | None = None  # the timeout telemetry last reported
+        ceiling = (
+            attempt_timeout.ceiling if isinstance(attempt_timeout, FromLatency) else attempt_timeout
+        )
+        self._http = self._http_client(transport, headers, ceiling)
         # Built once: a relative URL would be parsed and merged with base_url on every request.
         self._url = httpx.URL(str(self._http.base_url).rstrip("/") + "/chat/completions")
 
@@ -302,6 +341,22 @@ class LLMClient:
         """Close the HTTP connections."""
         await self._http.aclose()
 
+    @property
+    def hedge_stats(self) -> HedgeStats:
+        """Hedges sent, won and skipped (by reason) since the client was built (all 0 without
+        ``hedge_after``)."""
+        if self._hedger is None:
+            return HedgeStats(0, 0, 0, {})
+        return self._hedger.stats
+
+    def timeout_now(self) -> float | None:
+        """The attempt timeout in force now, in seconds (None: unbounded): ``attempt_timeout``,
+        or what its :class:`~flashkit.client.FromLatency` gives on the recent attempts."""
+        limit = self.attempt_timeout
+        if isinstance(limit, FromLatency):
+            return limit.seconds(self.latency)
+        return limit
+
     async def chat(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -335,54 +390,12 @@ class LLMClient:
         if cache is None:
             return await self._chat(body, idempotent, parse, stage)
         key = chat_cache_key(self._host, body)
-        hit = await self._from_cache(cache, key, parse)
+        hit = await from_cache(cache, key, parse, self.clock, self.name)
         if hit is not None:
             return hit
         result = await self._chat(body, idempotent, parse, stage)
-        await self._to_cache(cache, key, result)
+        await to_cache(cache, key, result, self.name)
         return result
-
-    async def _from_cache(
-        self, cache: ChatCache, key: str, parse: Callable[[str], Any] | None
-    ) -> ChatResult | None:
-        start = self._now()
-        try:
-            entry = await cache.get(key)
-        except Exception as error:  # a broken cache is skipped, never the call
-            logger.warning("%s: cache read failed (%s); asking the upstream", self.name, error)
-            return None
-        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
-            return None
-        raw: dict[str, Any] = {"cached": True}
-        if parse is not None:
-            try:
-                raw["parsed"] = parse(entry["content"])
-            except (ValueError, KeyError, TypeError):
-                return None  # no longer acceptable (a stricter parser): ask again
-        return ChatResult(
-            content=entry["content"],
-            model=str(entry.get("model") or ""),
-            usage=Usage.from_json(entry.get("usage")),
-            attempts=0,
-            latency=self._now() - start,
-            finish_reason=entry.get("finish_reason"),
-            request_id=entry.get("request_id"),
-            raw=raw,
-            cached=True,
-        )
-
-    async def _to_cache(self, cache: ChatCache, key: str, result: ChatResult) -> None:
-        entry = {
-            "content": result.content,
-            "model": result.model,
-            "usage": dataclasses.asdict(result.usage) if result.usage is not None else None,
-            "finish_reason": result.finish_reason,
-            "request_id": result.request_id,
-        }
-        try:
-            await cache.set(key, entry)
-        except Exception as error:  # the answer is returned all the same
-            logger.warning("%s: cache write failed (%s)", self.name, error)
 
     async def _chat(
         self,
@@ -432,15 +445,26 @@ class LLMClient:
     # --- one attempt ---------------------------------------------------------------------------
     async def _attempt(self, call: _Call) -> ChatResult:
         call.attempt += 1
+        call.timeout = call.hedge = None
         now = self._now()
         while self._blocked_until > now:  # (a later 429 may extend the gate while we sleep)
             await self._wait_gate(now)
             now = self._now()
         breaker = self.breaker
+        if breaker is not None and breaker._state is not CircuitState.CLOSED and self.breaker_wait:
+            await self._wait_breaker(call, breaker)
+        self._queued += 1
+        queued = True
         try:
             async with self._slots:  # at most max_in_flight attempts past the gate at once
+                self._queued -= 1
+                queued = False
                 if self._has_limiter:
-                    await self._admit(call)
+                    self._waiting += 1
+                    try:
+                        await self._admit(call)
+                    finally:
+                        self._waiting -= 1
                 if breaker is None:
                     response, data = await self._exchange(call)
                 else:
@@ -453,12 +477,35 @@ class LLMClient:
             wrapped = classify(error) or ExternalServiceError(str(error))
             self._record(call, wrapped, None)
             raise wrapped from error
+        finally:
+            if queued:
+                self._queued -= 1
         usage = Usage.from_json(data.get("usage")) if isinstance(data, dict) else None
         if usage is not None and call.token_grant is not None:  # counted even if unusable
             await self._reconcile(call, usage.total_tokens)
         result = self._result(call, response, data, usage)
         self._record(call, None, response.status_code)
         return result
+
+    async def _wait_breaker(self, call: _Call, breaker: CircuitBreaker) -> None:
+        """Before taking a slot, wait while the breaker would reject this attempt: open (until its
+        break ends) or half-open with its probes out (looking again every second), for at most
+        ``breaker_wait`` seconds per call in all. The attempt never reached the upstream: it
+        costs no attempt and no retry token (past the limit the breaker rejects it as before)."""
+        while True:
+            stats = breaker.stats
+            if stats.state is CircuitState.OPEN:
+                wait = stats.break_remaining
+            elif stats.state is CircuitState.HALF_OPEN:
+                if stats.half_open_in_flight < breaker.half_open_max_calls:
+                    return  # this attempt may be the probe
+                wait = 1.0
+            else:
+                return  # closed, or isolated (rejected at once)
+            if wait <= 0.0 or call.breaker_waited + wait > self.breaker_wait:
+                return
+            call.breaker_waited += wait
+            await self.clock.sleep(wait)
 
     async def _admit(self, call: _Call) -> None:
         key = self.limiter_key
@@ -505,8 +552,14 @@ class LLMClient:
 
     async def _exchange(self, call: _Call) -> tuple[httpx.Response, dict[str, Any]]:
         """Send (maybe hedged) under the attempt timeout, classify, decode. Raises
-        StructuredError for every failure."""
-        limit = self.attempt_timeout
+        StructuredError for every failure. A good answer's seconds, and a timed-out attempt's
+        timeout, go to :attr:`latency`."""
+        limit = self.timeout_now()
+        call.timeout, call.hedge = limit, None
+        if limit is not None and limit != self._timeout_shown and call.rec is not None:
+            self._timeout_shown = limit
+            self._instruments.attempt_timeout(limit, client=self.name)
+        sent = self._now()
         try:
             if limit is None:
                 response = await self._send(call)
@@ -514,6 +567,7 @@ class LLMClient:
                 async with asyncio.timeout(limit):
                     response = await self._send(call)
         except TimeoutError as error:
+            self.latency.observe(limit or 0.0)  # at least that slow: the bounds rise with it
             raise ExternalServiceError(
                 f"attempt {call.attempt} timed out after {limit:g} s",
                 code="attempt_timeout",
@@ -539,41 +593,36 @@ class LLMClient:
             ) from error
         if not isinstance(data, dict):
             raise malformed(f"expected a JSON object, got {type(data).__name__}", response)
+        self.latency.observe(self._now() - sent)
         return response, data
 
     async def _send(self, call: _Call) -> httpx.Response:
-        hedge_after = self.hedge_after
-        if hedge_after is None or not call.idempotent:
+        hedger = self._hedger
+        delay = hedger.delay() if hedger is not None and call.idempotent else None
+        if hedger is None or delay is None:
             return await self._http.post(self._url, content=call.content)
-        first: asyncio.Future[httpx.Response] = asyncio.ensure_future(
-            self._http.post(self._url, content=call.content)
-        )
-        started, _ = await asyncio.wait((first,), timeout=hedge_after)
-        if started or not self._may_hedge(call):
-            return await first
-        call.hedged = True
-        second: asyncio.Future[httpx.Response] = asyncio.ensure_future(
-            self._http.post(self._url, content=call.content)
-        )
-        pending: set[asyncio.Future[httpx.Response]] = {first, second}
-        fallback: asyncio.Future[httpx.Response] | None = None
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.exception() is None and task.result().status_code < 400:
-                        return task.result()
-                    if fallback is None:
-                        fallback = task
-            if fallback is None:  # pragma: no cover - asyncio.wait returns at least one
-                raise RuntimeError("hedging: no request finished")
-            return fallback.result()  # neither answered well: the first answer decides
-        finally:
-            for task in pending:
-                task.cancel()
-            for task in (first, second):
-                if task.done() and not task.cancelled():
-                    task.exception()  # retrieved: no "never retrieved" warnings
+
+        def send() -> Awaitable[httpx.Response]:
+            return self._http.post(self._url, content=call.content)
+
+        async def admit() -> SkipReason | None:
+            return await self._room_for_hedge(call)
+
+        response, hedge = await hedger.race(send, admit, delay)
+        if hedge is None:
+            return response
+        sent = hedge == "sent" or hedge == "won"
+        call.hedge = hedge if sent else "skipped"
+        call.hedged = call.hedged or sent
+        if call.rec is not None:  # telemetry on
+            record = self._instruments.hedge
+            if sent:
+                record("sent", client=self.name)
+                if hedge == "won":
+                    record("won", client=self.name)
+            else:
+                record("skipped", reason=hedge, client=self.name)
+        return response
 
     def may_send_spare(self, *, reserve: int = 0) -> bool:
         """Whether one request beyond the calls in progress (a speculative copy) may go out now
@@ -585,25 +634,20 @@ class LLMClient:
             return False
         if self.breaker is not None and self.breaker.state is not CircuitState.CLOSED:
             return False
-        key, calls = self.limiter_key, 1 + max(0, reserve)
-        tokens = calls * (self.max_tokens + 500)
-        for limiter, count in ((self.limiter, calls), (self.token_limiter, tokens)):
-            if limiter is not None and limiter.remaining(key) < count:
-                return False
-        return self.budget is None or self.budget.try_acquire_retry()
+        calls = 1 + max(0, reserve)
+        charges = ((self.limiter, calls), (self.token_limiter, calls * (self.max_tokens + 500)))
+        return has_room(charges, key=self.limiter_key, budget=self.budget)
 
-    def _may_hedge(self, call: _Call) -> bool:
-        """A hedge is an extra request: paid from the retry budget and the limiters, never
-        waited for (a limiter with no local room, e.g. a shared one, refuses it)."""
-        key = self.limiter_key
-        charges = ((self.limiter, 1), (self.token_limiter, call.estimate))
-        for limiter, count in charges:
-            if limiter is not None and limiter.remaining(key) < count:
-                return False
-        if self.budget is not None and not self.budget.try_acquire_retry():
-            return False
-        return all(
-            limiter is None or limiter.try_acquire(key, count).allowed for limiter, count in charges
+    async def _room_for_hedge(self, call: _Call) -> SkipReason | None:
+        """Take what a hedge costs (limiter units, a retry token), or say why not
+        (:func:`~flashkit.client._hedging.take_room`); never while a retry-after runs."""
+        if self._blocked_until > self._now():
+            return "gate"
+        return await take_room(
+            ((self.limiter, 1), (self.token_limiter, call.estimate)),
+            key=self.limiter_key,
+            budget=self.budget,
+            queued=self._queued + self._waiting,
         )
 
     def _learn(self, call: _Call, response: httpx.Response, error: StructuredError | None) -> None:
@@ -698,6 +742,8 @@ class LLMClient:
             limiter_wait=call.limiter_wait if self._has_limiter else None,
             status_code=status,
             error=error,
+            timeout=call.timeout,
+            hedge=call.hedge,
             limiter=self.name,
         )
 
@@ -732,23 +778,5 @@ class LLMClient:
 
     def _scrub(self, error: BaseException) -> None:
         """Remove the key from an error and everything chained to it (messages and details)."""
-        secret = self._secret
-        if not secret:
-            return
-        seen: set[int] = set()
-        current: BaseException | None = error
-        while current is not None and id(current) not in seen:
-            seen.add(id(current))
-            if isinstance(current, StructuredError):
-                if secret in current.message:
-                    current.message = current.message.replace(secret, "[REDACTED]")
-                if current.details and secret in json.dumps(current.details, default=str):
-                    current.details = json.loads(
-                        json.dumps(current.details, default=str).replace(secret, "[REDACTED]")
-                    )
-            if any(secret in str(arg) for arg in current.args):
-                current.args = tuple(
-                    str(arg).replace(secret, "[REDACTED]") if secret in str(arg) else arg
-                    for arg in current.args
-                )
-            current = current.__cause__ or current.__context__
+        if self._secret:
+            scrub_secret(error, self._secret)

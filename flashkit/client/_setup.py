@@ -1,9 +1,10 @@
-"""How an :class:`~flashkit.client.LLMClient` is put together from its arguments: the key,
-checked settings, and the default breaker and retry policy."""
+"""How an :class:`~flashkit.client.LLMClient` is put together from its arguments: the key (and
+how it is scrubbed from errors), checked settings, and the default breaker and retry policy."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from flashkit.breaker import CircuitBreaker
 from flashkit.budget import RetryBudget
 from flashkit.client._types import Provider, breaker_handles
 from flashkit.clock import Clock
-from flashkit.errors import AuthenticationError, ValidationError
+from flashkit.errors import AuthenticationError, StructuredError, ValidationError
 from flashkit.retry import Jitter, RetryConfig, RetryEvent
 
 
@@ -35,6 +36,28 @@ def api_key_for(preset: Provider, api_key: str | None) -> str:
     if not key and preset.name == "sim":
         key = "sk-sim-local"  # the simulator wants some bearer token; any will do
     return key or ""
+
+
+def scrub_secret(error: BaseException, secret: str) -> None:
+    """Replace ``secret`` with ``[REDACTED]`` in ``error`` and everything chained to it: its
+    message, details and arguments."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StructuredError):
+            if secret in current.message:
+                current.message = current.message.replace(secret, "[REDACTED]")
+            if current.details and secret in json.dumps(current.details, default=str):
+                current.details = json.loads(
+                    json.dumps(current.details, default=str).replace(secret, "[REDACTED]")
+                )
+        if any(secret in str(arg) for arg in current.args):
+            current.args = tuple(
+                str(arg).replace(secret, "[REDACTED]") if secret in str(arg) else arg
+                for arg in current.args
+            )
+        current = current.__cause__ or current.__context__
 
 
 def check_seconds(**values: float | None) -> None:

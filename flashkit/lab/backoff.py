@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "ContentionResult",
     "brooker_checks",
     "brooker_strategies",
+    "choose_jitter",
     "contention_experiment",
     "delay_distribution",
     "plot_contention",
@@ -155,16 +156,19 @@ def contention_experiment(
     seed: int = 0,
     net_mean: float = 0.010,
     net_sd: float = 0.002,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Run every strategy at every client count ``repetitions`` times, in one virtual loop.
 
     Returns one row per run: ``strategy``, ``clients``, ``repetition``, ``calls``, ``time_ms``.
-    Deterministic for a given ``seed``.
+    Deterministic for a given ``seed``. ``progress(done, total)`` is told of every run (e.g. a
+    :class:`~flashkit.lab.widgets.ProgressBar`).
     """
     if repetitions < 1:
         raise ValueError(f"contention_experiment(repetitions={repetitions}): need >= 1")
     strategies = dict(strategies) if strategies is not None else brooker_strategies()
     counts = list(clients)
+    total = len(strategies) * len(counts) * repetitions
 
     async def main() -> list[tuple[str, int, int, int, float]]:
         rows: list[tuple[str, int, int, int, float]] = []
@@ -174,6 +178,8 @@ def contention_experiment(
                     rng = random.Random(f"{seed}:{s_index}:{n}:{rep}")
                     result = await _contention(config, n, rng, net_mean, net_sd)
                     rows.append((name, n, rep, result.calls, result.time * 1000.0))
+                    if progress is not None:
+                        progress(len(rows), total)
         return rows
 
     rows = run_virtual(main(), clock=VirtualClock())
@@ -224,6 +230,18 @@ def brooker_checks(summary: pd.DataFrame, clients: int = 100) -> dict[str, Any]:
     }
 
 
+def choose_jitter(summary: pd.DataFrame, clients: int = 100, *, tolerance: float = 0.10) -> Jitter:
+    """The jitter to retry with, from :func:`summarize_contention` at ``clients``: of the
+    jittered strategies (Full, Equal, Decorrelated) within ``tolerance`` (10 %) of the fewest
+    calls, the fastest (lowest mean completion time). Brooker's answer: full jitter."""
+    at = summary[summary["clients"] == clients].set_index("strategy")
+    jittered = at.loc[at.index.intersection(["Full", "Equal", "Decorrelated"])]
+    if jittered.empty:
+        raise ValueError(f"choose_jitter: no jittered strategy measured at clients={clients}")
+    near = jittered[jittered["calls"] <= jittered["calls"].min() * (1.0 + tolerance)]
+    return Jitter(str(near["time_ms"].idxmin()).lower())
+
+
 def plot_delay_distribution(data: pd.DataFrame, ax: Any = None, *, title: str = "") -> Any:
     """Box plot of delay (seconds) per retry number; returns the matplotlib Figure."""
     import matplotlib.pyplot as plt
@@ -236,7 +254,7 @@ def plot_delay_distribution(data: pd.DataFrame, ax: Any = None, *, title: str = 
     groups: Sequence[Any] = [data.loc[data["retry"] == r, "delay"].to_numpy() for r in retries]
     if groups:
         ax.boxplot(groups, tick_labels=[str(r) for r in retries], showfliers=False)
-    ax.set_xlabel("retry number")
+    ax.set_xlabel("retry number (1 = the first retry)")
     ax.set_ylabel("delay before it (s)")
     ax.set_title(title or "Backoff delay distribution")
     ax.grid(alpha=0.3)
@@ -253,10 +271,10 @@ def plot_contention(summary: pd.DataFrame) -> Any:
         right.plot(rows["clients"], rows["time_ms"], marker="o", label=str(name))
     left.set_title("Work: writes sent (mean per run)")
     left.set_xlabel("contending clients")
-    left.set_ylabel("calls")
+    left.set_ylabel("calls (writes per run)")
     right.set_title("Completion time of the last client")
     right.set_xlabel("contending clients")
-    right.set_ylabel("ms (log)")
+    right.set_ylabel("time (ms, virtual; log scale)")
     right.set_yscale("log")
     for axis in (left, right):
         axis.grid(alpha=0.3)

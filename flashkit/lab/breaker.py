@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "BreakerSettings",
     "Scenario",
     "Window",
+    "choose_breaker",
     "exponential_break",
     "plot_breaker_timeline",
     "simulate_breaker",
@@ -274,6 +275,28 @@ def _summary(
     }
 
 
+def choose_breaker(
+    runs: Mapping[str, BreakerRun], baseline: BreakerRun, *, max_outage_share: float = 0.5
+) -> str:
+    """The name of the breaker to set among ``runs`` (each against ``baseline``, the same
+    traffic without a breaker): of those letting through at most ``max_outage_share`` (half) of
+    the calls the outage got without a breaker, the highest success rate (it shed the fewest
+    calls the dependency could serve), then the fewest trips."""
+    reference = max(baseline.summary["reached_during_outage"], 1)
+    shedding = {
+        name: run.summary
+        for name, run in runs.items()
+        if run.summary["reached_during_outage"] <= max_outage_share * reference
+    }
+    if not shedding:
+        raise ValueError(
+            f"choose_breaker: no breaker kept the outage's calls to {max_outage_share:.0%} of "
+            "no breaker's; try a lower threshold or a shorter window"
+        )
+    return min(shedding, key=lambda name: (-shedding[name]["success_rate"],
+                                           shedding[name]["trips"]))  # fmt: skip
+
+
 def plot_breaker_timeline(
     run: BreakerRun,
     scenario: Scenario | None = None,
@@ -298,7 +321,9 @@ def plot_breaker_timeline(
     state_ax.step(times, steps, where="post", color="tab:red")
     state_ax.set_yticks([0, 1, 2, 3], ["closed", "half-open", "open", "isolated"])
     state_ax.set_ylim(-0.3, 2.3 if max(steps) < 3 else 3.3)
-    state_ax.set_title(title or "Circuit breaker timeline")
+    fig.suptitle(title or "Circuit breaker timeline")
+    state_ax.set_title("Breaker state", fontsize=10)
+    state_ax.set_ylabel("state")
     calls_ax.plot(data["t"], data["reached"], label="reached dependency", color="tab:blue")
     calls_ax.plot(data["t"], data["rejected"], label="rejected by breaker", color="tab:orange")
     if baseline is not None:
@@ -310,6 +335,7 @@ def plot_breaker_timeline(
             alpha=0.5,
             linewidth=0.8,
         )
+    calls_ax.set_title("Calls per second", fontsize=10)
     calls_ax.set_ylabel("calls / s")
     calls_ax.legend(loc="upper right")
     rate_ax.plot(data["t"], data["success_rate"], color="tab:green", label="with breaker")
@@ -322,7 +348,8 @@ def plot_breaker_timeline(
             linewidth=0.8,
             label="no breaker",
         )
-    rate_ax.set_ylabel("success rate")
+    rate_ax.set_title("Success rate per second", fontsize=10)
+    rate_ax.set_ylabel("success rate (share of calls)")
     rate_ax.set_ylim(-0.05, 1.05)
     rate_ax.set_xlabel("time (s)")
     rate_ax.legend(loc="lower right")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
-import html
 import importlib
 import json
 import math
@@ -48,6 +47,7 @@ from flashkit.cache import CacheService, MemoryStore, train_dictionary
 from flashkit.clock import VirtualClock, run_virtual
 from flashkit.errors import ValidationError
 from flashkit.flashcards.stages import STAGE1_MODEL, STAGE2_MODEL
+from flashkit.lab.tuning import cache_values
 from flashkit.lab.widgets import _Panel, _show, _slider
 from flashkit.sim import lexicon
 from flashkit.sim._content import estimate_tokens, stage1_text, stage2_text
@@ -65,7 +65,11 @@ __all__ = [
     "compression_table",
     "payload_bytes",
     "plot_compression",
+    "plot_compression_bars",
+    "plot_dictionary_sizes",
+    "plot_stampede_costs",
     "plot_stampede_timeline",
+    "plot_threshold",
     "settings_to_paste",
     "stampede",
     "stampede_comparison",
@@ -228,29 +232,34 @@ def compression_table(
     train: float = 0.5,
     repetitions: int = 3,
     min_saving: float = 0.10,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Every configuration (codec × its ``levels`` × for zstd, no dictionary or one of each size
     × threshold) measured on the test split of ``payloads`` (see the module docstring). Columns:
     ``label``, ``codec``, ``level``, ``dictionary_size`` (0: none), ``threshold``, ``ratio``,
     ``compressed_share``, ``mean_stored_bytes``, ``compress_us``, ``decompress_us``,
     ``total_us``. ``attrs``: ``raw_bytes``, ``test_items``, ``train_items``, ``skipped`` (lz4
-    not installed; a dictionary size zstd cannot train on so few samples)."""
+    not installed; a dictionary size zstd cannot train on so few samples). ``progress(done,
+    total)`` is told of each configuration measured (e.g. a
+    :class:`~flashkit.lab.widgets.ProgressBar`)."""
     train_items, test = _split(payloads, train)
     raw = np.array([len(body) for body in test])
-    thresholds = list(thresholds)
+    thresholds, sizes = list(thresholds), list(dictionary_sizes)
+    plan = [(codec, level, size) for codec in codecs for level in levels.get(codec, (None,))
+            for size in ((0, *sizes) if codec == "zstd" else (0,))]  # fmt: skip
     found: _Dictionaries = {}
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
-    for codec in codecs:
-        for level in levels.get(codec, (None,)):
-            for size in (0, *dictionary_sizes) if codec == "zstd" else (0,):
-                try:
-                    pair = _codec(codec, level, _dictionary(found, train_items, size, level))
-                except (ValidationError, ImportError) as error:
-                    skipped.append(f"{codec} level {level} dictionary {size}: {error}")
-                    continue
-                measured = _measure(pair, test, repetitions)
-                rows += _rows((codec, level, size), measured, raw, thresholds, min_saving)
+    for done, (codec, level, size) in enumerate(plan, start=1):
+        try:
+            pair = _codec(codec, level, _dictionary(found, train_items, size, level))
+        except (ValidationError, ImportError) as error:
+            skipped.append(f"{codec} level {level} dictionary {size}: {error}")
+        else:
+            measured = _measure(pair, test, repetitions)
+            rows += _rows((codec, level, size), measured, raw, thresholds, min_saving)
+        if progress is not None:
+            progress(done, len(plan))
     table = pd.DataFrame(rows)
     table.attrs.update(raw_bytes=int(raw.sum()), test_items=len(test), skipped=skipped)
     table.attrs["train_items"] = len(train_items)
@@ -296,6 +305,87 @@ def plot_compression(table: pd.DataFrame, *, threshold: int = 1024, ax: Any = No
     ax.set_title(f"Flashcard answers: ratio vs cost per value (threshold {threshold} B)")
     ax.grid(alpha=0.3)
     ax.legend(title="codec")
+    return fig
+
+
+def plot_dictionary_sizes(table: pd.DataFrame, *, threshold: int = 1024) -> Any:
+    """zstd's ratio and its compress + decompress µs per value against the dictionary's size
+    (KiB; 0: none), one line per level, at ``threshold``; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    zstd = table[(table["codec"] == "zstd") & (table["threshold"] == threshold)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for level, rows in zstd.groupby("level"):
+        rows = rows.sort_values("dictionary_size")
+        kib = rows["dictionary_size"] / 1024
+        left.plot(kib, rows["ratio"], marker="o", label=f"zstd-{level:g}")
+        right.plot(kib, rows["total_us"], marker="o", label=f"zstd-{level:g}")
+    left.set_title("Ratio against dictionary size")
+    left.set_ylabel("ratio (serialised / stored bytes)")
+    right.set_title("Cost against dictionary size")
+    right.set_ylabel("compress + decompress, µs per value")
+    for axis in (left, right):
+        axis.set_xlabel("dictionary size (KiB; 0 = no dictionary)")
+        axis.grid(alpha=0.3)
+        axis.legend(title=f"threshold {threshold} B")
+    fig.tight_layout()
+    return fig
+
+
+def plot_threshold(
+    table: pd.DataFrame, sizes: Mapping[str, Sequence[float]], *, labels: Iterable[str]
+) -> Any:
+    """Left: the ratio and the share of values stored compressed against the threshold (bytes),
+    for the configurations ``labels``; right: histograms of the answers' ``sizes`` (bytes, one
+    per group name), with the thresholds tried. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    share = left.twinx()
+    for label in dict.fromkeys(labels):
+        rows = table[table["label"] == label].sort_values("threshold")
+        (line,) = left.plot(rows["threshold"], rows["ratio"], marker="o", label=f"{label}: ratio")
+        share.plot(rows["threshold"], rows["compressed_share"] * 100, ls=":", marker=".",
+                   color=line.get_color(), label=f"{label}: % stored compressed")  # fmt: skip
+    left.set_xlabel("threshold (bytes)")
+    left.set_ylabel("ratio (serialised / stored bytes)")
+    share.set_ylabel("values stored compressed (%)")
+    share.set_ylim(0, 105)
+    left.set_title("Threshold effect")
+    left.grid(alpha=0.3)
+    handles = [axis.get_legend_handles_labels() for axis in (left, share)]
+    left.legend(handles[0][0] + handles[1][0], handles[0][1] + handles[1][1], fontsize=8,
+                loc="center left")  # fmt: skip
+    for name, group in sizes.items():
+        right.hist(list(group), bins=30, alpha=0.6, label=name)
+    for threshold in sorted(table["threshold"].unique()):
+        right.axvline(threshold, color="grey", ls="--", lw=0.8)
+    right.set_xlabel("serialised answer (bytes); dashed: the thresholds tried")
+    right.set_ylabel("answers (count)")
+    right.set_title("Answer sizes")
+    right.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_compression_bars(table: pd.DataFrame, *, threshold: int, items: int) -> Any:
+    """Ratio and compress + decompress µs per value of each configuration (rows of ``table``,
+    indexed by label), side by side; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (ratio, cost) = plt.subplots(1, 2, figsize=(9, 3))
+    names = [str(name) for name in table.index]
+    ratio.bar(names, table["ratio"])
+    cost.bar(names, table["total_us"])
+    ratio.set_title("Ratio")
+    ratio.set_ylabel("serialised / stored bytes")
+    cost.set_title("Cost")
+    cost.set_ylabel("compress + decompress, µs per value")
+    for axis in (ratio, cost):
+        axis.set_xlabel("configuration")
+        axis.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{items} flashcard answers, threshold {threshold} B")
+    fig.tight_layout()
     return fig
 
 
@@ -450,16 +540,24 @@ def _run_label(strategy: str, beta: float, jitter: float) -> str:
 
 
 def stampede_comparison(
-    *, betas: Iterable[float] = (0.5, 1.0, 2.0), jitter: float = 0.1, **options: Any
+    *,
+    betas: Iterable[float] = (0.5, 1.0, 2.0),
+    jitter: float = 0.1,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
 ) -> dict[str, StampedeResult]:
     """No protection, TTL jitter, single flight and XFetch at each of ``betas``, on the same
-    arrivals (one seed), keyed by a readable label; ``options`` go to :func:`stampede`."""
+    arrivals (one seed), keyed by a readable label; ``options`` go to :func:`stampede`;
+    ``progress(done, total)`` is told of each run."""
     plan = [("none", 1.0), ("ttl_jitter", 1.0), ("single_flight", 1.0)]
     plan += [("xfetch", float(beta)) for beta in betas]
-    return {
-        _run_label(strategy, beta, jitter): stampede(strategy, beta=beta, jitter=jitter, **options)
-        for strategy, beta in plan
-    }
+    results = {}
+    for done, (strategy, beta) in enumerate(plan, start=1):
+        label = _run_label(strategy, beta, jitter)
+        results[label] = stampede(strategy, beta=beta, jitter=jitter, **options)
+        if progress is not None:
+            progress(done, len(plan))
+    return results
 
 
 def stampede_table(results: Mapping[str, StampedeResult]) -> pd.DataFrame:
@@ -512,15 +610,44 @@ def plot_stampede_timeline(
         top.step(rows["second"], rows["in_flight"], where="post", label=label)
         bottom.step(rows["second"], rows["waited"], where="post", label=label)
     one = next(iter(results.values()))
-    top.set_title(f"One hot key, {one.reads_per_second:g} reads/s, {one.recompute:g}-s "
-                  f"recompute, TTL {one.ttl:g} s (virtual time)")  # fmt: skip
+    fig.suptitle(f"One hot key, {one.reads_per_second:g} reads/s, {one.recompute:g}-s "
+                 f"recompute, TTL {one.ttl:g} s (virtual time)")  # fmt: skip
+    top.set_title("Recomputes running at once", fontsize=10)
     top.set_ylabel("recomputes running (peak per s)")
+    bottom.set_title("Reads that waited for a recompute", fontsize=10)
     bottom.set_ylabel("reads that waited (per s)")
     bottom.set_xlabel("time since the readers started (s)")
     for axis in (top, bottom):
         axis.set_yscale("symlog", linthresh=1.0)
         axis.grid(alpha=0.3)
     top.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_stampede_costs(table: pd.DataFrame) -> Any:
+    """Recomputes per expiry (log), p99 read latency (ms, virtual) and stale reads per run of
+    :func:`stampede_table`, as bars; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), sharey=True)
+    labels = [str(label) for label in table.index]
+    bars = [
+        ("recomputes_per_expiry", "recomputes per expiry (log)", 1.0, "Work per expiry", "{:.3g}"),
+        ("p99_latency", "p99 read latency (ms, virtual)", 1000.0, "What readers wait", "{:,.0f}"),
+        ("stale_reads", "reads answered with the value being renewed", 1.0, "Staleness",
+         "{:,.0f}"),
+    ]  # fmt: skip
+    for axis, (column, xlabel, scale, title, fmt) in zip(axes, bars, strict=True):
+        drawn = axis.barh(labels, table[column].astype(float) * scale)
+        axis.bar_label(drawn, fmt=fmt, fontsize=8, padding=2)
+        axis.set_xlabel(xlabel)
+        axis.set_title(title)
+        axis.grid(alpha=0.3, axis="x")
+    axes[0].set_ylabel("protection")
+    axes[0].invert_yaxis()  # shared: the first run on top in all three
+    axes[0].set_xscale("log")
+    axes[0].set_xlim(0.5, 1000)
     fig.tight_layout()
     return fig
 
@@ -588,34 +715,39 @@ class CompressionExplorer(_Panel):
         }
         self.table = pd.DataFrame()
         self.settings = ""
+        self.chosen: dict[str, Any] = {}
         self._layout([["codec", "level"], ["threshold", "dictionary_size"]])
         self.update()
 
-    def update(self) -> None:
+    errors = (ValidationError, ImportError, ValueError, zlib.error)
+
+    def _describe(self, error: Exception) -> str:
+        return f"{type(error).__name__}: {error}"
+
+    def _job(self) -> Callable[[], Any]:
         codec, level, threshold, size = (control.value for control in self.controls.values())
         level, size = level or None, size if codec == "zstd" else 0
-        try:
+
+        def job() -> tuple[pd.DataFrame, dict[str, Any], int]:
             pair = _codec(codec, level, _dictionary(self.dictionaries, self.train, size, level))
-            measured = _measure(pair, self.test, 3)
-        except (ValidationError, ImportError, ValueError, zlib.error) as error:
-            message = html.escape(f"{type(error).__name__}: {error}")
-            self.message.value = f"<span style='color:#b00'>{message}</span>"
-            return
-        self.message.value = ""
-        named = [((codec, level, size), measured), (("zlib", 6, 0), self.zlib6)]
-        named.append((("none", None, 0), _measure(None, self.test, 0)))
-        rows = [_rows(name, found, self.raw, [threshold], 0.1)[0] for name, found in named]
-        self.table = pd.DataFrame(rows).set_index("label")
-        self.settings = settings_to_paste(compression=rows[0])
-        bars = self.table[["ratio", "total_us"]].rename(
-            columns={"ratio": "ratio (serialised / stored)", "total_us": "µs per value (c + d)"}
-        )
-        axes = bars.plot.bar(subplots=True, layout=(1, 2), figsize=(9, 3), legend=False, rot=0)
-        figure = axes.flat[0].figure  # type: ignore[attr-defined]
-        figure.suptitle(f"{len(self.test)} flashcard answers, threshold {threshold} B")
-        figure.tight_layout()
+            named = [((codec, level, size), _measure(pair, self.test, 3))]
+            named.append((("zlib", 6, 0), self.zlib6))
+            named.append((("none", None, 0), _measure(None, self.test, 0)))
+            rows = [_rows(name, found, self.raw, [threshold], 0.1)[0] for name, found in named]
+            return pd.DataFrame(rows).set_index("label"), rows[0], threshold
+
+        return job
+
+    def _draw(self, result: tuple[pd.DataFrame, dict[str, Any], int]) -> None:
+        self.table, self.chosen, threshold = result
+        self.settings = settings_to_paste(compression=self.chosen)
+        figure = plot_compression_bars(self.table, threshold=threshold, items=len(self.test))
         columns = ["ratio", "compressed_share", "compress_us", "decompress_us", "total_us"]
         _show(self.output, figure, self.table[columns].round(2), self.settings)
+
+    def _values(self) -> dict[str, Any]:
+        """The ``[cache]`` compression settings of the configuration shown."""
+        return cache_values(compression=self.chosen)
 
 
 class StampedeExplorer(_Panel):
@@ -635,13 +767,30 @@ class StampedeExplorer(_Panel):
         self._layout([["strategy", "beta"], ["reads_per_second", "recompute"]])
         self.update()
 
-    def update(self) -> None:
+    def _job(self) -> Callable[[], Any]:
         values = {name: control.value for name, control in self.controls.items()}
         strategy, beta = values.pop("strategy"), values.pop("beta")
         common = {**values, "ttl": self.ttl, "duration": self.duration, "seed": self.seed}
-        self.result = stampede(strategy, beta=beta, **common)
-        self.baseline = stampede("none", **common)
+        kept = self.baseline  # no protection's run depends on neither the strategy nor β
+        if kept is not None and (kept.reads_per_second, kept.recompute) != (
+            float(values["reads_per_second"]),
+            float(values["recompute"]),
+        ):
+            kept = None
+
+        def job() -> tuple[StampedeResult, StampedeResult, str, float]:
+            baseline = kept if kept is not None else stampede("none", **common)
+            return stampede(strategy, beta=beta, **common), baseline, strategy, beta
+
+        return job
+
+    def _draw(self, result: tuple[StampedeResult, StampedeResult, str, float]) -> None:
+        self.result, self.baseline, strategy, beta = result
         runs = {_run_label(strategy, beta, 0.1): self.result, "no protection": self.baseline}
         figure = plot_stampede_timeline(runs)
         settings = settings_to_paste(strategy=strategy, beta=beta)
         _show(self.output, figure, stampede_table(runs), settings)
+
+    def _values(self) -> dict[str, Any]:
+        """The ``[cache]`` stampede settings of the strategy shown."""
+        return cache_values(stampede=self.result.options) if self.result is not None else {}

@@ -94,6 +94,8 @@ class Instruments:
             return meter.create_histogram(
                 name, unit, description, explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS
             )
+        if kind == "gauge":
+            return meter.create_gauge(name, unit, description)
         callback = _OBSERVERS[name]
 
         def observe(options: CallbackOptions) -> Iterable[Observation]:

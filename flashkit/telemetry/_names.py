@@ -37,6 +37,11 @@ RATELIMIT_REJECTED: Final = "flashkit.ratelimit.rejected"
 CLIENT_REQUESTS: Final = "flashkit.client.requests"
 CLIENT_DURATION: Final = "flashkit.client.duration"
 CLIENT_TOKENS: Final = "flashkit.client.tokens"
+# client.name, hedge.outcome ("sent": every hedge sent | "won": those whose answer was used |
+# "skipped": due but not sent), hedge.reason (skipped only)
+CLIENT_HEDGES: Final = "flashkit.client.hedges"
+# client.name
+CLIENT_ATTEMPT_TIMEOUT: Final = "flashkit.client.attempt_timeout"
 
 # The LLM client's span and its per-attempt event (attributes in flashkit.telemetry._spans).
 CLIENT_SPAN: Final = "flashkit.client.chat"
@@ -61,7 +66,7 @@ class MetricSpec(NamedTuple):
     """One metric of the scheme: its name, instrument kind, UCUM unit and description."""
 
     name: str
-    kind: str  # "counter", "histogram", "observable_counter" or "observable_gauge"
+    kind: str  # "counter", "histogram", "gauge", "observable_counter" or "observable_gauge"
     unit: str
     description: str
 
@@ -94,6 +99,15 @@ METRICS: Final[Mapping[str, MetricSpec]] = {
         MetricSpec(CLIENT_REQUESTS, "counter", "{request}", "LLM client calls, by outcome"),
         MetricSpec(CLIENT_DURATION, "histogram", "s", "LLM client call duration, retries included"),
         MetricSpec(CLIENT_TOKENS, "counter", "{token}", "Tokens used by LLM client calls"),
+        MetricSpec(
+            CLIENT_HEDGES,
+            "counter",
+            "{request}",
+            "Hedge requests of slow attempts: sent, won (answer used) or skipped (by reason)",
+        ),
+        MetricSpec(
+            CLIENT_ATTEMPT_TIMEOUT, "gauge", "s", "The attempt timeout an LLM client applies now"
+        ),
     )
 }
 """Every metric flashkit records, by name."""

@@ -4,9 +4,12 @@ A call is a ``flashkit.client.chat`` span (kind CLIENT) with attributes ``model`
 ``outcome`` (``"ok"`` or the error's category, e.g. ``"rate_limit"``), ``attempts``, ``tokens``,
 ``tokens.input``, ``tokens.output``, and one ``flashkit.attempt`` event per attempt with
 ``attempt`` (1-based), ``delay`` (s slept before it), ``retry_after`` (server hint, s),
-``breaker.state``, ``ratelimit.wait`` (s), ``http.status_code``, ``error.type`` and
-``error.message``, each only when known. A failed call has status ERROR, ``error.type`` and an
-``exception`` event. Every message placed in a span goes through :func:`flashkit.errors.redact`.
+``breaker.state``, ``ratelimit.wait`` (s), ``http.status_code``, ``timeout`` (s, the attempt
+timeout in force), ``hedge`` (``"sent"``, ``"won"`` or ``"skipped"``), ``error.type`` and
+``error.message``, each only when known. Hedges are also counted in ``flashkit.client.hedges``
+and the timeout in force is the gauge ``flashkit.client.attempt_timeout``. A failed call has
+status ERROR, ``error.type`` and an ``exception`` event. Every message placed in a span goes
+through :func:`flashkit.errors.redact`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from flashkit.errors import StructuredError, redact
 from flashkit.telemetry._instruments import instrument
 from flashkit.telemetry._names import (
     ATTEMPT_EVENT,
+    CLIENT_ATTEMPT_TIMEOUT,
     CLIENT_DURATION,
+    CLIENT_HEDGES,
     CLIENT_REQUESTS,
     CLIENT_SPAN,
     CLIENT_TOKENS,
@@ -52,15 +57,18 @@ def _error_message(error: BaseException | str) -> str:
 
 
 class AttemptFields(TypedDict, total=False):
-    """What an attempt's event records: ``delay``, ``retry_after`` and ``limiter_wait`` in
-    seconds, the breaker's state, the HTTP status, the error (an exception or a short code).
-    None (or absent): unknown, left out."""
+    """What an attempt's event records: ``delay``, ``retry_after``, ``limiter_wait`` and
+    ``timeout`` (the attempt timeout in force) in seconds, the breaker's state, the HTTP status,
+    what happened to a hedge (``"sent"``, ``"won"``, ``"skipped"``), the error (an exception or
+    a short code). None (or absent): unknown, left out."""
 
     delay: float
     retry_after: float | None
     breaker_state: CircuitState | str | None
     limiter_wait: float | None
     status_code: int | None
+    timeout: float | None
+    hedge: str | None
     error: BaseException | str | None
 
 
@@ -79,6 +87,8 @@ def record_attempt(span: Span, *, attempt: int, **fields: Unpack[AttemptFields])
     breaker_state = fields.get("breaker_state")
     limiter_wait = fields.get("limiter_wait")
     status_code = fields.get("status_code")
+    timeout = fields.get("timeout")
+    hedge = fields.get("hedge")
     error = fields.get("error")
     if retry_after is not None:
         attributes["retry_after"] = float(retry_after)
@@ -92,6 +102,10 @@ def record_attempt(span: Span, *, attempt: int, **fields: Unpack[AttemptFields])
         attributes["ratelimit.wait"] = float(limiter_wait)
     if status_code is not None:
         attributes["http.status_code"] = int(status_code)
+    if timeout is not None:
+        attributes["timeout"] = float(timeout)
+    if hedge is not None:
+        attributes["hedge"] = _safe_text(hedge)
     if error is not None:
         attributes["error.type"] = (
             _safe_text(error) if isinstance(error, str) else type(error).__name__
@@ -197,6 +211,19 @@ class ClientInstruments:
     def limiter_wait(self, seconds: float, *, limiter: str = "default") -> None:
         """Record a rate-limiter wait (s) in ``flashkit.ratelimit.wait``."""
         self._get(RATELIMIT_WAIT).record(float(seconds), {"ratelimit.name": limiter})
+
+    def hedge(self, outcome: str, *, reason: str | None = None, client: str = "llm") -> None:
+        """Count a hedge in ``flashkit.client.hedges``: ``outcome`` ``"sent"`` (every hedge
+        sent), ``"won"`` (those of them whose answer was used: counted again) or ``"skipped"``
+        (due but not sent, with ``reason``, e.g. ``"limiter"``, ``"budget"``)."""
+        attributes = {"client.name": client, "hedge.outcome": outcome}
+        if reason is not None:
+            attributes["hedge.reason"] = reason
+        self._get(CLIENT_HEDGES).add(1, attributes)
+
+    def attempt_timeout(self, seconds: float, *, client: str = "llm") -> None:
+        """Set the gauge ``flashkit.client.attempt_timeout`` (s): the timeout in force now."""
+        self._get(CLIENT_ATTEMPT_TIMEOUT).set(float(seconds), {"client.name": client})
 
     @contextlib.contextmanager
     def call(

@@ -9,6 +9,8 @@ virtual clock, deterministic from a seed. ``before`` and ``peer`` need the ``ben
   :func:`run_policy`;
 - :mod:`~flashkit.lab.success.metrics`: the metrics, the ideal time and the verdicts;
 - :mod:`~flashkit.lab.success.report`: :func:`run_success_metrics`, all of it at once;
+- :mod:`~flashkit.lab.success.versus`: ``after`` against the ``peer`` across seeds and
+  workloads (:func:`versus_peer`), judged against the peer targets;
 - :mod:`~flashkit.lab.success.plots`: its figures.
 
 Why it is measured this way: ``docs/design/success-metrics.md``.
@@ -46,6 +48,13 @@ from flashkit.lab.success.policies import (
     run_policy,
 )
 from flashkit.lab.success.report import SuccessReport, run_success_metrics
+from flashkit.lab.success.versus import (
+    P99_TARGETS,
+    REQUESTS_TARGET,
+    WORKLOADS,
+    versus_peer,
+    versus_summary,
+)
 from flashkit.lab.success.workload import API_KEY, BASE_URL, Word, Workload, load_words
 
 __all__ = [
@@ -61,6 +70,7 @@ __all__ = [
     "OriginalCircuitBreaker",
     "OriginalCircuitOpen",
     "OriginalTokenBucket",
+    "P99_TARGETS",
     "parse_stage2",
     "plot_latency_cdf",
     "plot_load",
@@ -68,6 +78,7 @@ __all__ = [
     "Policy",
     "PolicyRun",
     "Process",
+    "REQUESTS_TARGET",
     "run_policy",
     "run_success_metrics",
     "sent_in_retry_after",
@@ -76,7 +87,10 @@ __all__ = [
     "TargetVerdict",
     "TargetVerdicts",
     "time_to_card",
+    "versus_peer",
+    "versus_summary",
     "VIRTUAL_EPOCH",
     "Word",
     "Workload",
+    "WORKLOADS",
 ]

@@ -177,9 +177,15 @@ async def run_after(
     records.sort(key=lambda r: r["position"])
     breaker = client.breaker
     trips = breaker.stats.trips if breaker is not None else 0
+    hedges = client.hedge_stats
     notes: dict[str, Any] = {
         "breaker_rejected": breaker.stats.rejected if breaker else 0,
         "spares": report.progress.spares,
+        "hedges_sent": hedges.sent,
+        "hedges_won": hedges.won,
+        "hedges_skipped": hedges.skipped,
+        "hedges_skipped_by": {k: v for k, v in hedges.skipped_by.items() if v},
+        "attempt_timeout": client.timeout_now(),
     }
     return records, trips, notes
 
