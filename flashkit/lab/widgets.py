@@ -431,52 +431,22 @@ class BreakerSimulator(_Panel):
         settings = settings if settings is not None else BreakerSettings()
         self.seed = seed
         self.controls = {
-            "failure_threshold": _slider(
-                w.FloatSlider,
-                value=settings.failure_threshold,
-                min=0.05,
-                max=1.0,
-                step=0.05,
-                description="failure threshold",
-            ),
-            "min_throughput": _slider(
-                w.IntSlider,
-                value=settings.min_throughput,
-                min=2,
-                max=200,
-                description="min throughput",
-            ),
-            "sampling_duration": _slider(
-                w.FloatSlider,
-                value=settings.sampling_duration,
-                min=1.0,
-                max=60.0,
-                step=1.0,
-                description="window (s)",
-            ),
-            "break_duration": _slider(
-                w.FloatSlider,
-                value=settings.break_duration,
-                min=0.5,
-                max=60.0,
-                step=0.5,
-                description="break (s)",
-            ),
-            "growth": _slider(
-                w.FloatSlider,
-                value=settings.growth,
-                min=1.0,
-                max=4.0,
-                step=0.5,
-                description="break growth ×",
-            ),
-            "half_open_max_calls": _slider(
-                w.IntSlider,
-                value=settings.half_open_max_calls,
-                min=1,
-                max=10,
-                description="half-open probes",
-            ),
+            name: _slider(
+                kind,
+                value=getattr(settings, name),
+                min=low,
+                max=high,
+                step=step,
+                description=description,
+            )
+            for name, kind, low, high, step, description in (
+                ("failure_threshold", w.FloatSlider, 0.05, 1.0, 0.05, "failure threshold"),
+                ("min_throughput", w.IntSlider, 2, 200, 1, "min throughput"),
+                ("sampling_duration", w.FloatSlider, 1.0, 60.0, 1.0, "window (s)"),
+                ("break_duration", w.FloatSlider, 0.5, 60.0, 0.5, "break (s)"),
+                ("growth", w.FloatSlider, 1.0, 4.0, 0.5, "break growth ×"),
+                ("half_open_max_calls", w.IntSlider, 1, 10, 1, "half-open probes"),
+            )
         }
         self.baseline = simulate_breaker(self.scenario, use_breaker=False, seed=seed)
         self.settings = settings

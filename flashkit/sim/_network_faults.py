@@ -54,7 +54,7 @@ Approximations, honestly:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from flashkit.clock import Clock
 from flashkit.sim._http import httpx
@@ -82,14 +82,7 @@ NetworkFault = Literal[
     "dribble",
     "oversized",
 ]
-NETWORK_FAULTS: Final[tuple[NetworkFault, ...]] = (
-    "refused",
-    "reset_before_headers",
-    "reset_mid_body",
-    "stall_after_headers",
-    "dribble",
-    "oversized",
-)
+NETWORK_FAULTS: Final[tuple[NetworkFault, ...]] = get_args(NetworkFault)
 """The network faults a :class:`~flashkit.sim.FaultProfile` can inject (``{fault}_rate`` fields
 and ``network_windows``)."""
 
