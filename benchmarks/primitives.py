@@ -65,7 +65,9 @@ def measure_interleaved(
     runs: dict[str, Callable[[int], Any]], *, target: float, repeat: int
 ) -> dict[str, float]:
     """Median seconds per operation of each ``run(n)``, the runs taking turns in each of the
-    ``repeat`` rounds (a noisy spell on a shared machine then hits them all alike)."""
+    ``repeat`` rounds (a noisy spell on a shared machine then hits them all alike). Seconds of
+    this thread's CPU time (``time.thread_time``): time the scheduler gives other processes
+    does not count, which on a busy 2-core machine otherwise swamps a 1 µs call."""
     sizes = {}
     for name, run in runs.items():
         n = 1
@@ -86,9 +88,9 @@ def measure_interleaved(
         for _ in range(repeat):
             for name, run in runs.items():
                 n = sizes[name]
-                start = time.perf_counter()
+                start = time.thread_time()
                 run(n)
-                times[name].append((time.perf_counter() - start) / n)
+                times[name].append((time.thread_time() - start) / n)
     finally:
         if gc_was:
             gc.enable()

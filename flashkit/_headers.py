@@ -20,11 +20,14 @@ import datetime as _dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import httpx
+import httpx2
 
-from flashkit.errors import _parse_duration, _parse_retry_after
+from flashkit.errors import _is_http_headers, _parse_duration, _parse_retry_after
+
+if TYPE_CHECKING:  # annotations only: httpx (0.x) need not be installed
+    import httpx
 
 __all__ = ["LimitInfo", "RateLimitHeaders", "parse_rate_limit_headers", "retry_after_seconds"]
 
@@ -120,11 +123,14 @@ def _tighter(a: LimitInfo | None, b: LimitInfo | None) -> LimitInfo | None:
 
 
 def parse_rate_limit_headers(
-    headers: httpx.Headers | Mapping[str, str], *, now: _dt.datetime | None = None
+    headers: httpx2.Headers | httpx.Headers | Mapping[str, str],
+    *,
+    now: _dt.datetime | None = None,
 ) -> RateLimitHeaders:
-    """The limits ``headers`` report (an empty, falsy :class:`RateLimitHeaders` when none)."""
-    if not isinstance(headers, httpx.Headers):
-        headers = httpx.Headers(headers)
+    """The limits ``headers`` report (an empty, falsy :class:`RateLimitHeaders` when none).
+    ``headers``: httpx2's or httpx's, or any mapping (read case-insensitively)."""
+    if not _is_http_headers(headers):
+        headers = httpx2.Headers(headers)
     get = headers.get
     requests: LimitInfo | None = None
     tokens: LimitInfo | None = None
@@ -193,8 +199,10 @@ def parse_rate_limit_headers(
     return RateLimitHeaders(requests, tokens)
 
 
-def retry_after_seconds(headers: httpx.Headers | Mapping[str, str]) -> float | None:
+def retry_after_seconds(
+    headers: httpx2.Headers | httpx.Headers | Mapping[str, str],
+) -> float | None:
     """``retry-after-ms`` / ``retry-after`` (seconds or HTTP-date) in seconds, or None."""
-    if not isinstance(headers, httpx.Headers):
-        headers = httpx.Headers(headers)
+    if not _is_http_headers(headers):
+        headers = httpx2.Headers(headers)
     return _parse_retry_after(headers)

@@ -15,9 +15,9 @@ from typing import Any
 
 __all__ = ["landing_markdown"]
 
-_PACKAGES = ("flashkit", "httpx", "sqlalchemy", "redis", "zstandard", "pandas", "papermill")
+_PACKAGES = ("flashkit", "httpx2", "sqlalchemy", "redis", "zstandard", "pandas", "papermill")
 _METRICS = ("error_rate", "p99_time_to_card", "breaker_trips", "cache_hit_rate", "pool_efficiency")
-_POLICIES = ("before", "after", "peer")
+_POLICIES = ("before", "after", "peer", "sdk")
 
 
 def _md(text: object) -> str:
@@ -48,8 +48,8 @@ def _load(results: Path, name: str) -> Any:
 
 def _success_rows(results: Path, names: Sequence[str]) -> list[str]:
     rows = [
-        "| preset (seed) | metric | target | before | after | peer | verdict |",
-        "|---|---|---|---:|---:|---:|---|",
+        "| preset (seed) | metric | target | before | after | peer | openai SDK | verdict |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for name in names:
         data = _load(results, name)
@@ -63,7 +63,7 @@ def _success_rows(results: Path, names: Sequence[str]) -> list[str]:
             percent = metric in ("error_rate", "cache_hit_rate", "pool_efficiency")
             values = [by_policy.get(policy, {}).get(metric) for policy in _POLICIES]
             if metric in ("cache_hit_rate", "pool_efficiency"):
-                values = [None, verdict.get("after"), None]
+                values = [None, verdict.get("after"), None, None]
             mark = "✅ met" if verdict.get("met") else "❌ **not met**"
             if verdict.get("met") is None:
                 mark = "n/a"
@@ -133,11 +133,12 @@ def landing_markdown(
     lines = [
         "# flashkit report",
         "",
-        "## The success metrics: before / after / peer",
+        "## The success metrics: before / after / peer / openai SDK",
         "",
         "*before*: the original pipeline's policy; *after*: `flashkit process`'s defaults; "
-        "*peer*: tenacity + aiolimiter + pybreaker; one simulated upstream, virtual time "
-        "(targets: `docs/origins.md`).",
+        "*peer*: tenacity + aiolimiter + pybreaker; *openai SDK*: `openai.AsyncOpenAI` with its "
+        "defaults (`max_retries=2`); one simulated upstream, virtual time; the verdicts judge "
+        "after against before (targets: `docs/origins.md`).",
         "",
         *(_success_rows(results, success) if success else ["(no success-metrics entry ran)"]),
         "",

@@ -45,7 +45,9 @@ BudgetName = Literal["finagle", "grpc", "aws", "none"]
 class RunSettings:
     """What to run against and how much at once.
 
-    ``provider``: ``openrouter`` | ``openai`` (any OpenAI-compatible ``base_url``) | ``sim``;
+    ``provider``: ``openrouter`` | ``openai`` (any OpenAI-compatible ``base_url``) |
+    ``anthropic`` (the Messages API; key from ``FLASHKIT_API_KEY`` or ``ANTHROPIC_API_KEY``) |
+    ``sim``;
     ``batch_size``: requests in flight at once (50: enough to keep a 600-per-minute limit busy
     at seconds-long calls; twice as many words are in progress, see :attr:`words_in_flight`);
     ``spares``: copies an unfinished call may be raced with at the end of
@@ -54,7 +56,7 @@ class RunSettings:
     ``profile`` and ``seed``: the simulator's fault profile (``provider = "sim"``).
     """
 
-    provider: Literal["openrouter", "openai", "sim"] = "openrouter"
+    provider: Literal["openrouter", "openai", "anthropic", "sim"] = "openrouter"
     base_url: str | None = None
     model: str = DEFAULT_MODEL
     batch_size: int = 50

@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable
 from typing import Literal
 
-import httpx
+import httpx2
 
 from flashkit._settings import (
     CONFIG_FILE,
@@ -69,7 +69,8 @@ def _style(settings: Settings) -> Literal["token_bucket", "fixed_window"]:
     if style != "auto":
         return style
     base = settings.run.base_url or ""
-    return "token_bucket" if "anthropic" in base else "fixed_window"
+    anthropic = settings.run.provider == "anthropic" or "anthropic" in base
+    return "token_bucket" if anthropic else "fixed_window"
 
 
 def _request_limiter(
@@ -132,7 +133,7 @@ def build_limiters(
     ``limits.margin`` seconds of refill), else GCRA, evenly spaced; unknown, an adaptive one when
     ``limits.adaptive``. ``limits.tpm``: a sliding window. Shared through ``run.redis``."""
     run = settings.run
-    host = httpx.URL(run.base_url).host if run.base_url else run.provider
+    host = httpx2.URL(run.base_url).host if run.base_url else run.provider
     key_prefix = f"flashkit:rl:{host}"
     return (
         _request_limiter(settings, clock, run.redis, key_prefix),
@@ -175,7 +176,7 @@ def build_client(
     settings: Settings,
     *,
     api_key: str | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
     clock: Clock | None = None,
     rng: random.Random | None = None,
     on_retry: Callable[[RetryEvent], None] | None = None,

@@ -1,15 +1,19 @@
-"""Structured errors, and :func:`classify` for LLM APIs spoken over httpx.
+"""Structured errors, and :func:`classify` for LLM APIs spoken over httpx2 (or httpx).
 
 Every error flashkit raises is a :class:`StructuredError`: a category (what kind of failure), a
 stable ``code`` (what exactly), a human ``message``, JSON-safe ``details``, an optional server hint
 ``retry_after`` (seconds) and ``retryable`` (may the same request succeed later?).
 
-:func:`classify` turns an ``httpx.Response`` or an exception into one of them, the way the official
+:func:`classify` turns an ``httpx2.Response`` or an exception into one of them, the way the official
 OpenAI and Anthropic SDKs read an answer, plus the cases they get wrong::
 
     response = await client.post(url, json=body)
     if (error := classify(response)) is not None:
         raise error
+
+httpx (0.x) responses and exceptions are classified alike, by their classes' names (httpx2 is the
+continuation of httpx with the same names): flashkit never imports httpx itself, so it need not
+be installed.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import httpx
+import httpx2
+
+if TYPE_CHECKING:  # annotations only: httpx (0.x) need not be installed
+    import httpx
 
 __all__ = [
     "AuthenticationError",
@@ -244,6 +251,12 @@ class ValidationError(_PermanentError, ValueError):
     category = ErrorCategory.VALIDATION
     default_code = "invalid_request"
 
+    @classmethod
+    def config(cls, message: str, *, field: str) -> ValidationError:
+        """A bad constructor or settings value: code ``invalid_config``, ``details["field"]``
+        naming it; ``message`` says what, where and how to fix it."""
+        return cls(message, code="invalid_config", details={"field": field})
+
 
 class AuthenticationError(_PermanentError):
     """The credentials are missing, wrong or not allowed to do this (401/403); not retryable
@@ -411,7 +424,7 @@ _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _MAX_MESSAGE: Final = 500
 
 
-def _parse_retry_after(headers: httpx.Headers, now: _dt.datetime | None = None) -> float | None:
+def _parse_retry_after(headers: Mapping[str, str], now: _dt.datetime | None = None) -> float | None:
     """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP-date), else None."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms is not None:
@@ -456,7 +469,9 @@ def _parse_duration(raw: str) -> float | None:
     return total if pos == len(raw) and pos > 0 else None
 
 
-def _parse_reset_headers(headers: httpx.Headers, now: _dt.datetime | None = None) -> float | None:
+def _parse_reset_headers(
+    headers: Mapping[str, str], now: _dt.datetime | None = None
+) -> float | None:
     """When every exhausted provider limit has reset (OpenAI or Anthropic headers): the latest
     reset, since a retry before it would hit the limit that is still exhausted."""
     hints: list[float] = []
@@ -481,12 +496,47 @@ def _parse_reset_headers(headers: httpx.Headers, now: _dt.datetime | None = None
     return max(hints) if hints else None
 
 
-def _error_body(response: httpx.Response) -> tuple[str, str | None, str | None]:
+_HTTP_LIBRARIES: Final = frozenset({"httpx", "httpx2"})
+_RESPONSE: Final = "Response"
+_HTTP_NAMES: dict[type, frozenset[str]] = {}  # a class -> its httpx2/httpx classes' names
+
+
+def _http_names(cls: type) -> frozenset[str]:
+    """The names of the httpx2 or httpx classes ``cls`` is or derives from (empty for any other
+    class): the two libraries share their class names, so one test covers both without
+    importing httpx."""
+    names = _HTTP_NAMES.get(cls)
+    if names is None:
+        names = frozenset(
+            base.__name__
+            for base in cls.__mro__
+            if base.__module__.partition(".")[0] in _HTTP_LIBRARIES
+        )
+        if len(_HTTP_NAMES) < 1024:  # bounded, should classes be made on the fly
+            _HTTP_NAMES[cls] = names
+    return names
+
+
+def _is_http_response(value: object) -> bool:
+    """Whether ``value`` is an ``httpx2.Response`` or an ``httpx.Response`` (0.x)."""
+    return isinstance(value, httpx2.Response) or _RESPONSE in _http_names(type(value))
+
+
+def _is_http_headers(value: object) -> bool:
+    """Whether ``value`` is an ``httpx2.Headers`` or an ``httpx.Headers`` (0.x)."""
+    return isinstance(value, httpx2.Headers) or "Headers" in _http_names(type(value))
+
+
+def _error_body(response: httpx2.Response | httpx.Response) -> tuple[str, str | None, str | None]:
     """(message, type, code) from an OpenAI/Anthropic/OpenRouter error body, or the raw text."""
     try:
         response.read()
         text = response.text
-    except (httpx.HTTPError, UnicodeDecodeError, RuntimeError):
+    except (UnicodeDecodeError, RuntimeError):
+        return "", None, None
+    except Exception as failure:
+        if "HTTPError" not in _http_names(type(failure)):
+            raise
         return "", None, None
     try:
         data = json.loads(text)
@@ -510,7 +560,7 @@ def _error_body(response: httpx.Response) -> tuple[str, str | None, str | None]:
     return text.strip()[:_MAX_MESSAGE], None, None
 
 
-def _should_retry_header(headers: httpx.Headers) -> bool | None:
+def _should_retry_header(headers: Mapping[str, str]) -> bool | None:
     value = headers.get("x-should-retry")
     if value is None:
         return None
@@ -523,7 +573,7 @@ def _should_retry_header(headers: httpx.Headers) -> bool | None:
 
 
 def _response_details(
-    response: httpx.Response, kind: str | None, body_code: str | None
+    response: httpx2.Response | httpx.Response, kind: str | None, body_code: str | None
 ) -> dict[str, Any]:
     """What an error from ``response`` carries in ``details`` (no secrets)."""
     headers = response.headers
@@ -543,7 +593,7 @@ def _response_details(
 
 
 def _rate_limited(
-    text: str, words: str, hint: float | None, headers: httpx.Headers, details: dict[str, Any]
+    text: str, words: str, hint: float | None, headers: Mapping[str, str], details: dict[str, Any]
 ) -> StructuredError:
     """A 429: too large for any limit, out of quota, or rate limited (with its wait)."""
     if _TOO_LARGE_WORDS.search(words):  # bigger than the limit itself: no wait can help
@@ -588,7 +638,7 @@ def _status_error(
     return ValidationError(text, code=code, details=details)
 
 
-def _classify_response(response: httpx.Response) -> StructuredError | None:
+def _classify_response(response: httpx2.Response | httpx.Response) -> StructuredError | None:
     status = response.status_code
     if status < 400:
         return None
@@ -609,7 +659,7 @@ def _classify_response(response: httpx.Response) -> StructuredError | None:
     return error
 
 
-def classify(value: httpx.Response | BaseException) -> StructuredError | None:
+def classify(value: httpx2.Response | httpx.Response | BaseException) -> StructuredError | None:
     """Turn an LLM API answer or a failure into a :class:`StructuredError` (``None`` for success).
 
     - 429 with ``retry-after-ms`` / ``retry-after`` (seconds or HTTP-date), or with exhausted
@@ -624,63 +674,73 @@ def classify(value: httpx.Response | BaseException) -> StructuredError | None:
     - an ``x-should-retry: true|false`` header overrides ``retryable``.
 
     A :class:`StructuredError` is returned unchanged; any other exception becomes a non-retryable
-    internal error wrapping it.
+    internal error wrapping it. httpx2 and httpx (0.x) responses and exceptions are read alike.
     """
-    if isinstance(value, httpx.Response):
+    if isinstance(value, httpx2.Response):
         return _classify_response(value)
     if isinstance(value, StructuredError):
         return value
-    if isinstance(value, httpx.HTTPStatusError):
-        error = _classify_response(value.response)
+    names = _http_names(type(value))
+    if _RESPONSE in names:  # an httpx (0.x) response
+        return _classify_response(value)  # type: ignore[arg-type]
+    if not isinstance(value, BaseException):
+        raise TypeError(
+            "classify() takes an httpx2.Response, an httpx.Response or an exception, got "
+            f"{type(value).__name__}"
+        )
+    return _classify_exception(value, names)
+
+
+def _classify_exception(value: BaseException, names: frozenset[str]) -> StructuredError | None:
+    """:func:`classify` for an exception; ``names``: its httpx2/httpx classes' names."""
+    if "HTTPStatusError" in names:
+        error = _classify_response(value.response)  # type: ignore[attr-defined]
         if error is not None:
             error.original_exception = value
             error.__cause__ = value
         return error
-    if isinstance(value, httpx.TimeoutException | TimeoutError):
+    if "TimeoutException" in names or isinstance(value, TimeoutError):
         return ExternalServiceError(
             f"timed out: {type(value).__name__}",
             code="timeout",
             details={"exception": type(value).__name__},
             original_exception=value,
         )
-    if isinstance(value, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+    if "UnsupportedProtocol" in names or "LocalProtocolError" in names:
         return ValidationError(  # our request or URL is wrong: retrying sends the same thing
             f"invalid request: {type(value).__name__}: {value}",
             code="invalid_request",
             details={"exception": type(value).__name__},
             original_exception=value,
         )
-    if isinstance(value, httpx.TransportError | ConnectionError):
+    if "TransportError" in names or isinstance(value, ConnectionError):
         return ExternalServiceError(
             f"connection failed: {type(value).__name__}: {value}",
             code="connection_error",
             details={"exception": type(value).__name__},
             original_exception=value,
         )
-    if isinstance(value, httpx.DecodingError | json.JSONDecodeError):
+    if "DecodingError" in names or isinstance(value, json.JSONDecodeError):
         return ExternalServiceError(
             f"malformed response: {value}",
             code="malformed_response",
             original_exception=value,
         )
-    if isinstance(value, BaseException):
-        return StructuredError(
-            ErrorCategory.INTERNAL,
-            "unexpected_error",
-            f"{type(value).__name__}: {value}",
-            original_exception=value,
-        )
-    raise TypeError(
-        f"classify() takes an httpx.Response or an exception, got {type(value).__name__}"
+    return StructuredError(
+        ErrorCategory.INTERNAL,
+        "unexpected_error",
+        f"{type(value).__name__}: {value}",
+        original_exception=value,
     )
 
 
 def is_retryable(error: BaseException) -> bool:
     """Whether ``error`` may succeed if retried: a :class:`StructuredError` says so itself;
-    httpx errors are classified; anything else is assumed transient (True)."""
+    httpx2 and httpx errors are classified; anything else is assumed transient (True)."""
     if isinstance(error, StructuredError):
         return error.retryable
-    if isinstance(error, httpx.HTTPStatusError | httpx.TransportError):
+    names = _http_names(type(error))
+    if "HTTPStatusError" in names or "TransportError" in names:
         classified = classify(error)
         return classified is not None and classified.retryable
     return True
@@ -691,7 +751,7 @@ def retry_after_of(error: BaseException) -> float | None:
     hint = getattr(error, "retry_after", None)
     if isinstance(hint, int | float) and not isinstance(hint, bool) and 0 <= hint < math.inf:
         return float(hint)
-    if isinstance(error, httpx.HTTPStatusError):
+    if "HTTPStatusError" in _http_names(type(error)):
         classified = classify(error)
         return classified.retry_after if classified is not None else None
     return None

@@ -148,11 +148,11 @@ def check_cache_service() -> None:
 
 
 def check_classify() -> None:
-    import httpx
+    import httpx2
 
     from flashkit.errors import classify
 
-    error = classify(httpx.Response(429, headers={"retry-after": "2"}))
+    error = classify(httpx2.Response(429, headers={"retry-after": "2"}))
     assert error is not None
     assert error.retry_after == 2.0
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -77,7 +77,7 @@ def sim_server(*args: str, timeout: float = 30.0) -> Iterator[str]:
 
 def server_requests(base_url: str) -> int:
     """The requests the simulator has answered (its own count)."""
-    stats = httpx.get(f"{base_url}/_sim/stats", timeout=10.0).json()["stats"]
+    stats = httpx2.get(f"{base_url}/_sim/stats", timeout=10.0).json()["stats"]
     return int(stats["requests"])
 
 

@@ -244,7 +244,10 @@ def test_the_encoding_option_reads_a_cp949_file(tmp_path: Path) -> None:
         (["--db", "sqlite:///words.csv"], "--db 'words.csv' is the vocabulary file"),
         (["--tsv", "state.db", "--db", "sqlite:///state.db"], "--tsv 'state.db' is --db"),
         (["-o", "/proc/flashkit-out"], "'/proc/flashkit-out' is not writable"),
-        (["--provider", "nope"], "run.provider = 'nope': must be one of openrouter, openai, sim"),
+        (
+            ["--provider", "nope"],
+            "run.provider = 'nope': must be one of openrouter, openai, anthropic, sim",
+        ),
         (["--profile", "nope"], "FaultProfile.preset('nope'): unknown preset"),
         (["-b", "0"], "Invalid value for '-b' / '--batch-size'"),
         (["--db", "mysql://x@y/z"], "flashkit keeps its state in SQLite or PostgreSQL"),

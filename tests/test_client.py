@@ -1,4 +1,4 @@
-"""LLMClient against small in-test upstreams (httpx.MockTransport), in virtual time."""
+"""LLMClient against small in-test upstreams (httpx2.MockTransport), in virtual time."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 import redis
 
@@ -68,11 +68,11 @@ class Upstream:
         self.script = list(script or [])
         self.default = default
         self.sent: list[float] = []
-        self.requests: list[httpx.Request] = []
+        self.requests: list[httpx2.Request] = []
         self.bodies: list[dict[str, Any]] = []
         self.cancelled = 0
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
         self.sent.append(self.clock.now())
         self.requests.append(request)
         self.bodies.append(json.loads(request.content))
@@ -85,10 +85,10 @@ class Upstream:
         if body is None:
             body = envelope()
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.Response(status, content=content, headers=headers)
+        return httpx2.Response(status, content=content, headers=headers)
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
+    def transport(self) -> httpx2.MockTransport:
+        return httpx2.MockTransport(self)
 
 
 def make(clock: VirtualClock, upstream: Upstream, **options: Any) -> Callable[[], LLMClient]:
@@ -286,15 +286,15 @@ def test_non_structured_transport_errors_are_classified() -> None:
     clock = VirtualClock()
     calls = {"n": 0}
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         calls["n"] += 1
         if calls["n"] == 1:
-            raise httpx.ConnectError("connection refused", request=request)
-        return httpx.Response(200, json=envelope())
+            raise httpx2.ConnectError("connection refused", request=request)
+        return httpx2.Response(200, json=envelope())
 
     async def main() -> ChatResult:
         client = LLMClient(
-            provider="openai", api_key=SECRET, transport=httpx.MockTransport(handler), clock=clock
+            provider="openai", api_key=SECRET, transport=httpx2.MockTransport(handler), clock=clock
         )
         async with client:
             return await client.chat(MESSAGES)
@@ -531,16 +531,16 @@ def test_api_key_never_appears_in_errors_logs_or_spans(
     clock = VirtualClock()
     echo = {"error": {"message": f"Incorrect API key provided: {SECRET}; key={SECRET}"}}
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         if failure == "connect":
-            raise httpx.ConnectError(f"refused for {SECRET}", request=request)
-        return httpx.Response(int(failure), json=echo, headers={"x-echo": SECRET})
+            raise httpx2.ConnectError(f"refused for {SECRET}", request=request)
+        return httpx2.Response(int(failure), json=echo, headers={"x-echo": SECRET})
 
     async def main() -> None:
         client = LLMClient(
             provider="openai",
             api_key=SECRET,
-            transport=httpx.MockTransport(handler),
+            transport=httpx2.MockTransport(handler),
             clock=clock,
             budget=False,
         )

@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from flashkit import telemetry as tm
@@ -46,7 +46,7 @@ class Scripted:
         self.sent: list[float] = []
         self.cancelled = 0
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
         n = len(self.sent)
         self.sent.append(self.clock.now())
         try:
@@ -55,12 +55,12 @@ class Scripted:
             self.cancelled += 1
             raise
         status = self.status(n)
-        return httpx.Response(status, json=ENVELOPE if status < 400 else {"error": {}})
+        return httpx2.Response(status, json=ENVELOPE if status < 400 else {"error": {}})
 
     def client(self, **options: Any) -> LLMClient:
         options.setdefault("api_key", "sk-test")
         options.setdefault("provider", "openai")
-        return LLMClient(transport=httpx.MockTransport(self), clock=self.clock, **options)
+        return LLMClient(transport=httpx2.MockTransport(self), clock=self.clock, **options)
 
 
 class Tokens(RetryBudget):

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from _sim_http import serving
 
@@ -31,19 +31,19 @@ API_KEY = "sk-test-client-server-0123456789"
 INSTANT = FaultProfile(latency_median=0.0, latency_p99=0.0, reject_latency=0.0)
 
 
-class CountingTransport(httpx.AsyncBaseTransport):
+class CountingTransport(httpx2.AsyncBaseTransport):
     """A real network transport that counts what the client sends and what comes back: status
     codes of answers (bodies read here, so a counted answer was received whole), and exceptions
     by type (a cancelled send included)."""
 
     def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner = httpx2.AsyncHTTPTransport()
         self.sends = 0
         self.in_flight = 0
         self.statuses: Counter[int] = Counter()
         self.failures: Counter[str] = Counter()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         self.sends += 1
         self.in_flight += 1
         try:
@@ -62,7 +62,7 @@ class CountingTransport(httpx.AsyncBaseTransport):
 
 
 def server_stats(base_url: str) -> dict[str, Any]:
-    with httpx.Client(base_url=base_url, timeout=10.0) as http:
+    with httpx2.Client(base_url=base_url, timeout=10.0) as http:
         stats: dict[str, Any] = http.get("/_sim/stats").json()["stats"]
         return stats
 
@@ -151,7 +151,7 @@ class LedgerTransport(CountingTransport):
         super().__init__()
         self.orphans = 0  # requests sent outside any call
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         call = CURRENT_CALL.get()
         if call is None:
             self.orphans += 1
@@ -237,7 +237,7 @@ def test_soak_50_callers_nothing_lost_and_server_counts_match_the_client() -> No
             ) as client:
                 await asyncio.gather(*(caller(client, i) for i in range(SOAK_TASKS)))
 
-        with httpx.Client(base_url=base_url, timeout=10.0) as http:
+        with httpx2.Client(base_url=base_url, timeout=10.0) as http:
             assert http.post("/_sim/reset").json() == {"reset": True}  # t = 0 for the outage
         started = time.monotonic()
         asyncio.run(asyncio.wait_for(main(), 300.0))  # a hang guard, far above the ~10 s it takes

@@ -7,7 +7,7 @@ import contextlib
 import random
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from flashkit.client import ChatResult, LLMClient
@@ -21,15 +21,15 @@ from flashkit.sim import FaultProfile, HeaderStyle, SimulatedUpstream
 MESSAGES = [{"role": "user", "content": "안녕하세요"}]
 
 
-class Recording(httpx.AsyncBaseTransport):
+class Recording(httpx2.AsyncBaseTransport):
     """Wraps the simulator's transport: send times, and each 429's (arrival, retry-after)."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, clock: VirtualClock) -> None:
+    def __init__(self, inner: httpx2.AsyncBaseTransport, clock: VirtualClock) -> None:
         self.inner, self.clock = inner, clock
         self.sent: list[float] = []
         self.holds: list[tuple[float, float]] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         self.sent.append(self.clock.now())
         response = await self.inner.handle_async_request(request)
         if response.status_code == 429 and "retry-after" in response.headers:

@@ -1,6 +1,6 @@
 """flashkit.errors: StructuredError and its family, redact(), and classify() on real httpx objects.
 
-Every response is a real ``httpx.Response`` bound to a real ``httpx.Request``; every transport
+Every response is a real ``httpx2.Response`` bound to a real ``httpx2.Request``; every transport
 failure is a real httpx (or builtin) exception. The bodies are the ones OpenAI, Anthropic and
 OpenRouter actually send.
 """
@@ -16,7 +16,7 @@ import pickle
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from flashkit.errors import (
@@ -40,8 +40,8 @@ URL = "https://api.example.com/v1/chat/completions"
 UTC = dt.UTC
 
 
-def make_request(url: str = URL, headers: dict[str, str] | None = None) -> httpx.Request:
-    return httpx.Request("POST", url, headers=headers)
+def make_request(url: str = URL, headers: dict[str, str] | None = None) -> httpx2.Request:
+    return httpx2.Request("POST", url, headers=headers)
 
 
 def make_response(
@@ -50,12 +50,12 @@ def make_response(
     headers: dict[str, str] | None = None,
     json_body: Any = None,
     content: bytes | None = None,
-    request: httpx.Request | None = None,
-) -> httpx.Response:
+    request: httpx2.Request | None = None,
+) -> httpx2.Response:
     request = request if request is not None else make_request()
     if json_body is not None:
-        return httpx.Response(status, headers=headers, json=json_body, request=request)
-    return httpx.Response(status, headers=headers, content=content or b"", request=request)
+        return httpx2.Response(status, headers=headers, json=json_body, request=request)
+    return httpx2.Response(status, headers=headers, content=content or b"", request=request)
 
 
 def openai_error(message: str, *, type_: str | None = None, code: str | None = None) -> Any:
@@ -421,17 +421,17 @@ REQ = make_request()
 @pytest.mark.parametrize(
     ("exc", "code"),
     [
-        pytest.param(httpx.ConnectError("refused", request=REQ), "connection_error", id="connect"),
-        pytest.param(httpx.ReadError("reset by peer", request=REQ), "connection_error", id="read"),
+        pytest.param(httpx2.ConnectError("refused", request=REQ), "connection_error", id="connect"),
+        pytest.param(httpx2.ReadError("reset by peer", request=REQ), "connection_error", id="read"),
         pytest.param(
-            httpx.RemoteProtocolError("server disconnected", request=REQ),
+            httpx2.RemoteProtocolError("server disconnected", request=REQ),
             "connection_error",
             id="remote-protocol",
         ),
         pytest.param(ConnectionResetError(104, "reset"), "connection_error", id="builtin-reset"),
-        pytest.param(httpx.ReadTimeout("read timed out", request=REQ), "timeout", id="read-to"),
-        pytest.param(httpx.ConnectTimeout("connect timed out", request=REQ), "timeout", id="ct"),
-        pytest.param(httpx.PoolTimeout("pool exhausted", request=REQ), "timeout", id="pool-to"),
+        pytest.param(httpx2.ReadTimeout("read timed out", request=REQ), "timeout", id="read-to"),
+        pytest.param(httpx2.ConnectTimeout("connect timed out", request=REQ), "timeout", id="ct"),
+        pytest.param(httpx2.PoolTimeout("pool exhausted", request=REQ), "timeout", id="pool-to"),
         pytest.param(TimeoutError(), "timeout", id="builtin-timeout"),
     ],
 )
@@ -450,7 +450,7 @@ def test_classify_transport_exceptions(exc: BaseException, code: str) -> None:
 def test_classify_http_status_error_keeps_the_original() -> None:
     """An HTTPStatusError is classified by its response and chained as the cause."""
     response = make_response(429, headers={"retry-after": "4"})
-    with pytest.raises(httpx.HTTPStatusError) as caught:
+    with pytest.raises(httpx2.HTTPStatusError) as caught:
         response.raise_for_status()
     error = classify(caught.value)
     assert type(error) is RateLimitError
@@ -528,16 +528,16 @@ async def _chunks() -> AsyncIterator[bytes]:
             make_response(500, content=b"\xff\xfe\x00bad bytes\x80"), "bad bytes", id="not-utf8"
         ),
         pytest.param(
-            httpx.Response(500, stream=httpx.AsyncByteStream(), request=make_request()),
+            httpx2.Response(500, stream=httpx2.AsyncByteStream(), request=make_request()),
             "Internal Server Error",
             id="unread-async-stream",
         ),
         pytest.param(
-            httpx.Response(599, content=b"", request=make_request()), "HTTP 599", id="no-reason"
+            httpx2.Response(599, content=b"", request=make_request()), "HTTP 599", id="no-reason"
         ),
     ],
 )
-def test_classify_odd_bodies_do_not_crash(response: httpx.Response, expected_message: str) -> None:
+def test_classify_odd_bodies_do_not_crash(response: httpx2.Response, expected_message: str) -> None:
     """Non-JSON, empty, odd-JSON and unreadable bodies still give a useful message."""
     error = classify(response)
     assert error is not None
@@ -547,7 +547,7 @@ def test_classify_odd_bodies_do_not_crash(response: httpx.Response, expected_mes
 
 def test_classify_unread_async_stream_with_real_iterator() -> None:
     """An async-streamed body that was never read does not crash the sync classifier."""
-    response = httpx.Response(503, content=_chunks(), request=make_request())
+    response = httpx2.Response(503, content=_chunks(), request=make_request())
     error = classify(response)
     assert type(error) is ExternalServiceError
     assert error.message == "Service Unavailable"
@@ -561,7 +561,7 @@ def test_classify_unread_async_stream_with_real_iterator() -> None:
         pytest.param(make_response(502, content=b"<p>" * 40_000), id="html"),
     ],
 )
-def test_classify_truncates_huge_messages(response: httpx.Response) -> None:
+def test_classify_truncates_huge_messages(response: httpx2.Response) -> None:
     """A huge body is cut to at most 500 characters of message."""
     error = classify(response)
     assert error is not None
@@ -597,7 +597,7 @@ def test_classify_reads_anthropic_request_id() -> None:
 
 def test_classify_response_without_request() -> None:
     """A response built without a request has no method or url in its details."""
-    error = classify(httpx.Response(500, content=b"down"))
+    error = classify(httpx2.Response(500, content=b"down"))
     assert error is not None
     assert error.details == {"status_code": 500}
 
@@ -646,7 +646,7 @@ def test_retry_exhausted_over_http_status_error_never_leaks_the_key() -> None:
     """httpx's own message names the full URL; RetryExhausted over it still hides the key."""
     request = make_request(f"{URL}?key={SECRET}")
     response = make_response(503, request=request)
-    with pytest.raises(httpx.HTTPStatusError) as caught:
+    with pytest.raises(httpx2.HTTPStatusError) as caught:
         response.raise_for_status()
     assert SECRET in str(caught.value)  # the premise: httpx does leak it
     error = RetryExhausted(attempts=3, elapsed=2.0, last_error=caught.value)
@@ -710,9 +710,9 @@ class _Hinted(Exception):
         self.retry_after = retry_after
 
 
-def _status_error(status: int, headers: dict[str, str] | None = None) -> httpx.HTTPStatusError:
+def _status_error(status: int, headers: dict[str, str] | None = None) -> httpx2.HTTPStatusError:
     response = make_response(status, headers=headers)
-    return httpx.HTTPStatusError("boom", request=response.request, response=response)
+    return httpx2.HTTPStatusError("boom", request=response.request, response=response)
 
 
 @pytest.mark.parametrize(
@@ -724,8 +724,8 @@ def _status_error(status: int, headers: dict[str, str] | None = None) -> httpx.H
         pytest.param(AuthenticationError("no"), False, id="auth"),
         pytest.param(ExternalServiceError("down", retryable=False), False, id="override"),
         pytest.param(RetryExhausted(attempts=2, elapsed=1.0), False, id="exhausted"),
-        pytest.param(httpx.ConnectError("refused", request=REQ), True, id="httpx-connect"),
-        pytest.param(httpx.ReadTimeout("slow", request=REQ), True, id="httpx-timeout"),
+        pytest.param(httpx2.ConnectError("refused", request=REQ), True, id="httpx-connect"),
+        pytest.param(httpx2.ReadTimeout("slow", request=REQ), True, id="httpx-timeout"),
         pytest.param(_status_error(429), True, id="status-429"),
         pytest.param(_status_error(503), True, id="status-503"),
         pytest.param(_status_error(401), False, id="status-401"),
@@ -747,7 +747,7 @@ def test_is_retryable(error: BaseException, expected: bool) -> None:
         pytest.param(_status_error(429, {"retry-after": "4"}), 4.0, id="status-error"),
         pytest.param(_status_error(429, {"retry-after-ms": "250"}), 0.25, id="status-error-ms"),
         pytest.param(_status_error(429), None, id="status-error-no-hint"),
-        pytest.param(httpx.ConnectError("refused", request=REQ), None, id="transport"),
+        pytest.param(httpx2.ConnectError("refused", request=REQ), None, id="transport"),
         pytest.param(ValueError("x"), None, id="plain"),
         pytest.param(_Hinted(3), 3.0, id="attr-int"),
         pytest.param(_Hinted(1.5), 1.5, id="attr-float"),
@@ -1056,8 +1056,8 @@ def test_retry_exhausted_reasons(reason: str, retry_after: float | None, fragmen
 
 def test_too_large_for_the_limit_is_never_retried_even_with_a_hint() -> None:
     """A 429 for a request bigger than the limit stays a ValidationError when a hint comes too."""
-    request = httpx.Request("POST", "https://api.example.com/v1/chat/completions")
-    response = httpx.Response(
+    request = httpx2.Request("POST", "https://api.example.com/v1/chat/completions")
+    response = httpx2.Response(
         429,
         headers={"retry-after": "20"},
         json={"error": {"message": "Request too large for gpt-4 on tokens per min (TPM)"}},
@@ -1071,8 +1071,8 @@ def test_too_large_for_the_limit_is_never_retried_even_with_a_hint() -> None:
 
 def test_a_schema_error_mentioning_max_tokens_is_not_a_context_length_error() -> None:
     """A 400 about the max_tokens parameter is an invalid request, not a context overflow."""
-    request = httpx.Request("POST", "https://api.example.com/v1/chat/completions")
-    response = httpx.Response(
+    request = httpx2.Request("POST", "https://api.example.com/v1/chat/completions")
+    response = httpx2.Response(
         400, json={"error": {"message": "max_tokens must be an integer"}}, request=request
     )
     error = classify(response)
@@ -1083,8 +1083,8 @@ def test_a_schema_error_mentioning_max_tokens_is_not_a_context_length_error() ->
 @pytest.mark.parametrize(
     "exc",
     [
-        httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'htp://'"),
-        httpx.LocalProtocolError("Illegal header value"),
+        httpx2.UnsupportedProtocol("Request URL has an unsupported protocol 'htp://'"),
+        httpx2.LocalProtocolError("Illegal header value"),
     ],
     ids=["unsupported-protocol", "local-protocol"],
 )

@@ -1,9 +1,10 @@
-"""flashkit.lab.success: the before/after/peer success metrics, in virtual time (small N)."""
+"""flashkit.lab.success: the before/after/peer/sdk success metrics, in virtual time (small N)."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pandas as pd
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from flashkit.clock import VirtualClock
 from flashkit.flashcards.stages import parse_stage1
 from flashkit.lab.success import (
+    COMPARED,
     OriginalCircuitBreaker,
     OriginalCircuitOpen,
     Workload,
@@ -23,11 +25,13 @@ from flashkit.lab.success import (
     versus_peer,
 )
 from flashkit.lab.success.original import original_stage1
+from flashkit.sim import FaultProfile
 from flashkit.sim._content import stage1_text
 
 pytest.importorskip("tenacity")
 pytest.importorskip("aiolimiter")
 pytest.importorskip("pybreaker")
+pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +45,7 @@ def rate_limited():  # type: ignore[no-untyped-def]
 
 
 def test_every_policy_completes_every_word(flaky) -> None:  # type: ignore[no-untyped-def]
-    assert list(flaky.metrics.index) == ["before", "after", "peer"]
+    assert list(flaky.metrics.index) == ["before", "after", "peer", "sdk"]
     for run in flaky.runs.values():
         assert len(run.words) == 30
         assert (run.words["end"] >= run.words["start"]).all()
@@ -235,3 +239,81 @@ def test_hedging_never_costs_a_limited_run_anything(profile: str) -> None:
         hedges = on_run.notes["hedges_sent"]
         assert on_run.stats["requests"] <= off_run.stats["requests"] + hedges
         assert hedges <= 1 < on_run.notes["hedges_skipped"]
+
+
+# --- the sdk policy: the official openai SDK ---------------------------------------------------
+def test_sdk_policy_runs_in_virtual_time_and_records_its_exchanges() -> None:
+    """The SDK's calls go through the recording transport (one logged exchange per request the
+    upstream counts), and its waits between attempts run on the virtual clock: one word at a
+    time on a rate-limited upstream, each retry after a 429 is sent once that 429's
+    ``retry-after`` has passed on the virtual clock (the SDK's own retry-after handling), and the
+    run spans those virtual seconds."""
+    tight = FaultProfile.preset("rate_limited", rpm=6)  # 6 a minute, fixed windows
+    run = run_policy("sdk", tight, Workload(words=8, concurrency=1), seed=2)
+    assert run.policy == "sdk"
+    assert run.stats["requests"] == len(run.exchanges) > 0
+    assert run.stats["rate_limited_total"] > 0
+    assert run.words["ok"].all()  # max_retries=2 waits out every 429 of this run
+    exchanges = run.exchanges.sort_values("sent").reset_index(drop=True)
+    limited = exchanges.index[exchanges["status"] == 429]
+    assert len(limited) > 0
+    for i in limited:
+        hint = exchanges.loc[i, "retry_after"]
+        assert hint > 0
+        # concurrency 1: the next request is this one's retry, sent after the hint
+        assert exchanges.loc[i + 1, "sent"] >= exchanges.loc[i, "answered"] + hint
+    assert run.completion >= exchanges["retry_after"].dropna().sum()
+    assert sent_in_retry_after(run.exchanges) == 0  # one at a time: no one else to send
+    assert run.breaker_trips == 0
+    assert run.notes["max_retries"] == 2  # the SDK's documented default
+
+
+def test_sdk_policy_stops_after_its_default_two_retries() -> None:
+    """The SDK's defaults and nothing more: on an upstream that is always down, every request is
+    tried three times (max_retries=2) and the word fails with the SDK's own error."""
+    down = FaultProfile(error_rate=1.0)  # 500, 502 or 503
+    run = run_policy("sdk", down, Workload(words=4, concurrency=2), seed=1)
+    assert not run.words["ok"].any()
+    assert run.stats["requests"] == len(run.exchanges) == 4 * 3  # stage 1 only, 3 attempts each
+    assert all(error.startswith("InternalServerError(5") for error in run.words["error"])
+
+
+def test_sdk_policy_is_deterministic_from_the_seed() -> None:
+    """The SDK's backoff jitter draws from the run's seeded generator."""
+    workload = Workload(words=15)
+    first = run_policy("sdk", "flaky", workload, seed=5)
+    again = run_policy("sdk", "flaky", workload, seed=5)
+    pd.testing.assert_frame_equal(first.words, again.words)
+    pd.testing.assert_frame_equal(first.exchanges, again.exchanges)
+    assert first.stats == again.stats
+
+
+def test_sdk_metrics_row_sits_beside_the_others(flaky) -> None:  # type: ignore[no-untyped-def]
+    """The success report has an ``sdk`` row with every metric; the verdicts stay about
+    before/after; the JSON summary carries it."""
+    row = flaky.metrics.loc["sdk"]
+    assert set(flaky.metrics.columns) == set(row.index)
+    assert row["succeeded"] + row["failed"] == 30
+    assert row["upstream_requests"] == flaky.runs["sdk"].stats["requests"] > 0
+    assert row["breaker_trips"] == 0
+    summary = flaky.to_json()
+    assert [m["policy"] for m in summary["metrics"]] == ["before", "after", "peer", "sdk"]
+    assert "sdk" in summary["upstream"]
+    assert set(flaky.verdicts.to_dict()) >= {"error_rate", "p99_time_to_card", "breaker_trips"}
+    # The "after vs openai SDK" comparison: both values and their ratio, per metric.
+    versus = flaky.versus()
+    assert list(versus.index) == list(COMPARED)
+    requests = versus.loc["upstream_requests"]
+    assert requests["after"] == flaky.metrics.loc["after", "upstream_requests"]
+    assert requests["sdk"] == row["upstream_requests"]
+    assert requests["ratio"] == pytest.approx(requests["after"] / requests["sdk"])
+    assert math.isnan(versus.loc["breaker_trips", "ratio"])  # the SDK has no breaker: 0
+    assert [r["metric"] for r in summary["after_vs_sdk"]] == list(COMPARED)
+    assert flaky.versus("after", "missing") is None
+
+
+def test_sdk_policy_without_openai_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the openai package the policy says which extra installs it."""
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai now fails
+    with pytest.raises(ImportError, match=r"flashkit\[bench\]"):
+        run_policy("sdk", "healthy", Workload(words=2), seed=0)

@@ -123,11 +123,13 @@ def test_ratelimit_benchmark_reports_peers_and_redis(report) -> None:  # type: i
 
 @pytest.mark.parametrize("profile", ["flaky", "rate_limited", "outage", "brownout"])
 def test_success_metrics_notebook_judges_the_targets(report, profile: str) -> None:  # type: ignore[no-untyped-def]
-    """Each success-metrics entry measured all three policies and judged the success targets."""
+    """Each success-metrics entry measured all four policies (the openai SDK beside before, after
+    and peer, with the after-vs-SDK comparison) and judged the success targets."""
     results = json.loads((report.output_dir / "results" / f"success_{profile}.json").read_text())
     assert results["profile"] == profile
     metrics = {row["policy"]: row for row in results["metrics"]}
-    assert set(metrics) == {"before", "after", "peer"}
+    assert set(metrics) == {"before", "after", "peer", "sdk"}
+    assert {row["metric"] for row in results["after_vs_sdk"]} >= {"failed", "upstream_requests"}
     for row in metrics.values():
         assert row["succeeded"] + row["failed"] == results["workload"]["words"]
         assert row["upstream_requests"] == results["upstream"][row["policy"]]["requests"]
@@ -272,3 +274,21 @@ def test_the_tuning_notebooks_end_with_what_to_set_in_one_flashkit_toml(report) 
                 assert str(config) in line, line
     assert settings.source("run.batch_size") == "default"  # nothing else was written
     assert 'href="results/flashkit.toml"' in report.index.read_text("utf-8")
+
+
+def test_client_benchmark_compares_the_clients_over_a_real_socket(report) -> None:  # type: ignore[no-untyped-def]
+    """The client benchmark measured LLMClient in virtual time against bare httpx2, and over a
+    real loopback socket beside bare httpx, bare httpx2 and the openai SDK, with its three
+    targets in the shape the landing page reads (the socket ones n/a in a smoke run)."""
+    results = json.loads((report.output_dir / "results" / "client_bench.json").read_text())
+    clients = results["socket"]["clients"]
+    assert set(clients) == {"bare httpx", "bare httpx2", "openai SDK", "LLMClient"}
+    assert all(row["rps"] > 0 and row["cpu_us_per_request"] > 0 for row in clients.values())
+    targets = {target["target"]: target for target in results["targets"]}
+    assert set(targets) == {
+        "LLMClient >= 0.9x bare httpx2",
+        "LLMClient >= 1.5x openai SDK",
+        "LLMClient >= 0.8x bare httpx2",
+    }
+    assert targets["LLMClient >= 1.5x openai SDK"]["met"] is None  # smoke: not judged
+    assert targets["LLMClient >= 1.5x openai SDK"]["ratio"] > 0

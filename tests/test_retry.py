@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -117,10 +117,10 @@ def clock() -> RecordingClock:
     return RecordingClock()
 
 
-def _http_error(status: int, headers: dict[str, str] | None = None) -> httpx.HTTPStatusError:
-    request = httpx.Request("POST", "https://api.example.com/v1/chat/completions")
-    response = httpx.Response(status, headers=headers or {}, request=request)
-    return httpx.HTTPStatusError(f"HTTP {status}", request=request, response=response)
+def _http_error(status: int, headers: dict[str, str] | None = None) -> httpx2.HTTPStatusError:
+    request = httpx2.Request("POST", "https://api.example.com/v1/chat/completions")
+    response = httpx2.Response(status, headers=headers or {}, request=request)
+    return httpx2.HTTPStatusError(f"HTTP {status}", request=request, response=response)
 
 
 # --- 1. the original plan's defaults (docs/origins.md) --------------------------------------------
@@ -732,7 +732,7 @@ def test_respect_retry_after_false_ignores_hints(clock: RecordingClock) -> None:
 
 
 def test_hint_read_from_httpx_429_response(clock: RecordingClock) -> None:
-    """An httpx.HTTPStatusError for a real 429 with retry-after: 4 waits at least 4 s."""
+    """An httpx2.HTTPStatusError for a real 429 with retry-after: 4 waits at least 4 s."""
     events: list[RetryEvent] = []
     error = _http_error(429, {"retry-after": "4"})
     script = Script(clock, lambda n: error if n == 1 else "ok")

@@ -9,7 +9,7 @@ import json
 import uuid
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import sqlalchemy as sa
 from _processes import flashkit, sim_server
@@ -59,7 +59,7 @@ def test_two_processes_split_one_list_and_share_one_limit(
                 ))  # fmt: skip
             for proc, name in zip(runs, ("one", "two"), strict=True):
                 assert proc.wait(timeout=240) == 0, (tmp_path / name / "stderr.log").read_text()
-            stats = httpx.get(f"{base_url}/_sim/stats", timeout=10).json()
+            stats = httpx2.get(f"{base_url}/_sim/stats", timeout=10).json()
         engine = sa.create_engine(db)
         with engine.connect() as connection:
             states = connection.execute(

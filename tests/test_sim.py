@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
 import pytest
 
 from flashkit.clock import VirtualClock, run_virtual
@@ -81,10 +81,10 @@ def chat(
     max_tokens: int | None = 2000,
     body: dict[str, Any] | None = None,
     url: str = URL,
-) -> httpx.Request:
+) -> httpx2.Request:
     headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
     payload = body if body is not None else body_for(term, stage, max_tokens=max_tokens)
-    return httpx.Request("POST", url, headers=headers, json=payload)
+    return httpx2.Request("POST", url, headers=headers, json=payload)
 
 
 def virtual(factory: Callable[[VirtualClock], Awaitable[T]]) -> T:
@@ -97,14 +97,14 @@ def virtual(factory: Callable[[VirtualClock], Awaitable[T]]) -> T:
     return run_virtual(main(), clock=clock)
 
 
-async def send(upstream: SimulatedUpstream, request: httpx.Request) -> httpx.Response | Exception:
+async def send(upstream: SimulatedUpstream, request: httpx2.Request) -> httpx2.Response | Exception:
     try:
         return await upstream.handle(request)
-    except httpx.ConnectError as error:
+    except httpx2.ConnectError as error:
         return error
 
 
-def content_of(response: httpx.Response) -> str:
+def content_of(response: httpx2.Response) -> str:
     content = response.json()["choices"][0]["message"]["content"]
     assert isinstance(content, str)
     return content
@@ -462,7 +462,7 @@ def test_spend_cap_429_has_no_retry_after_and_is_not_retryable() -> None:
 
 
 def test_classify_maps_each_fault_as_a_client_would_expect() -> None:
-    async def answer(clock: VirtualClock, request: httpx.Request, **changes: Any) -> Any:
+    async def answer(clock: VirtualClock, request: httpx2.Request, **changes: Any) -> Any:
         upstream = SimulatedUpstream(dataclasses.replace(INSTANT, **changes), clock=clock)
         return await send(upstream, request)
 
@@ -496,10 +496,10 @@ def test_classify_maps_each_fault_as_a_client_would_expect() -> None:
         not_found = await answer(clock, chat(url="http://sim/v1/embeddings"))
         assert not_found.status_code == 404
         assert classify(not_found).code == "not_found"  # type: ignore[union-attr]
-        wrong_method = await answer(clock, httpx.Request("GET", URL))
+        wrong_method = await answer(clock, httpx2.Request("GET", URL))
         assert wrong_method.status_code == 405
 
-        not_json = httpx.Request(
+        not_json = httpx2.Request(
             "POST", URL, headers={"Authorization": f"Bearer {KEY}"}, content=b"{"
         )
         bad = await answer(clock, not_json)
@@ -507,7 +507,7 @@ def test_classify_maps_each_fault_as_a_client_would_expect() -> None:
         assert isinstance(classify(bad), ValidationError)
 
         outage = await answer(clock, chat(), outages=((0.0, 10.0),), outage_connect_fraction=1.0)
-        assert isinstance(outage, httpx.ConnectError)
+        assert isinstance(outage, httpx2.ConnectError)
         error = classify(outage)
         assert isinstance(error, ExternalServiceError)
         assert error.code == "connection_error"
@@ -524,11 +524,11 @@ def test_outage_window_fails_everything_inside_and_nothing_outside() -> None:
         for second in range(60):
             result = await send(upstream, chat())
             inside = 10 <= second < 20 or 40 <= second < 45
-            ok = isinstance(result, httpx.Response) and result.status_code == 200
+            ok = isinstance(result, httpx2.Response) and result.status_code == 200
             assert ok != inside, second
             if inside:
                 failures.add(type(result).__name__ if isinstance(result, Exception) else 503)
-                if isinstance(result, httpx.Response):
+                if isinstance(result, httpx2.Response):
                     assert result.status_code == 503
             clock.advance(1.0)
         assert failures == {"ConnectError", 503}
@@ -873,7 +873,7 @@ def test_the_api_key_never_appears_in_answers_or_stats() -> None:
                 result = await send(
                     upstream, chat(sample_key if stage == 0 else "사람", stage, key=key)
                 )
-                if isinstance(result, httpx.Response):
+                if isinstance(result, httpx2.Response):
                     text = result.content.decode(errors="replace")
                     if stage != 0:  # the generic reply quotes the user's message, not headers
                         assert sample_key not in text
@@ -888,7 +888,7 @@ def test_the_httpx_transport_serves_a_client_in_virtual_time() -> None:
 
     async def run(clock: VirtualClock) -> None:
         upstream = SimulatedUpstream(profile, seed=9, clock=clock)
-        async with httpx.AsyncClient(
+        async with httpx2.AsyncClient(
             transport=upstream.transport(),
             base_url="http://sim/v1",
             headers={"Authorization": f"Bearer {KEY}"},

@@ -18,7 +18,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
 import pytest
 from _sim_http import serving, serving_server
 from _sim_serve import INSTANT as INSTANT_SET
@@ -46,7 +46,7 @@ def virtual(factory: Callable[[VirtualClock], Awaitable[T]]) -> T:
     return run_virtual(main(), clock=clock)
 
 
-async def call(client: httpx.AsyncClient, stream: bool, deadline: float = ATTEMPT) -> bytes:
+async def call(client: httpx2.AsyncClient, stream: bool, deadline: float = ATTEMPT) -> bytes:
     """One chat call, its whole body read, under ``deadline`` seconds."""
     async with asyncio.timeout(deadline):
         request = client.build_request("POST", "/chat/completions", json={**BODY, "stream": stream})
@@ -61,7 +61,7 @@ def in_process(
     fault: str,
     stream: bool,
     *,
-    timeout: httpx.Timeout | None = None,
+    timeout: httpx2.Timeout | None = None,
     deadline: float = ATTEMPT,
     **changes: Any,
 ) -> tuple[BaseException | bytes, float, SimulatedUpstream]:
@@ -72,15 +72,15 @@ def in_process(
 
     async def run(clock: VirtualClock) -> tuple[BaseException | bytes, float, SimulatedUpstream]:
         upstream = SimulatedUpstream(profile, clock=clock)
-        async with httpx.AsyncClient(
+        async with httpx2.AsyncClient(
             transport=upstream.transport(),
             base_url="http://sim/v1",
             headers={"Authorization": f"Bearer {KEY}"},
-            timeout=timeout if timeout is not None else httpx.Timeout(60.0),
+            timeout=timeout if timeout is not None else httpx2.Timeout(60.0),
         ) as client:
             try:
                 outcome: BaseException | bytes = await call(client, stream, deadline)
-            except (httpx.TransportError, TimeoutError) as error:
+            except (httpx2.TransportError, TimeoutError) as error:
                 outcome = error
         return outcome, clock.now(), upstream
 
@@ -142,7 +142,7 @@ def test_network_windows_are_not_random_draws() -> None:
         bodies = []
         for profile in ("flaky", FaultProfile.preset("flaky", network_windows=far)):
             upstream = SimulatedUpstream(profile, seed=5, clock=clock)
-            async with httpx.AsyncClient(
+            async with httpx2.AsyncClient(
                 transport=upstream.transport(),
                 base_url="http://sim/v1",
                 headers={"Authorization": f"Bearer {KEY}"},
@@ -170,13 +170,13 @@ def test_network_fault_rates_are_drawn_per_request() -> None:
 
     async def run(clock: VirtualClock) -> SimulatedUpstream:
         upstream = SimulatedUpstream(profile, seed=1, clock=clock)
-        async with httpx.AsyncClient(
+        async with httpx2.AsyncClient(
             transport=upstream.transport(),
             base_url="http://sim/v1",
             headers={"Authorization": f"Bearer {KEY}"},
         ) as client:
             for _ in range(1000):
-                with contextlib.suppress(httpx.TransportError):
+                with contextlib.suppress(httpx2.TransportError):
                     await call(client, stream=False)
         return upstream
 
@@ -196,7 +196,7 @@ def test_network_fault_rates_are_drawn_per_request() -> None:
 def test_refused_in_process_is_a_connect_error_at_once(stream: bool) -> None:
     """Nothing reaches the model or the limits: ConnectError at once, counted as refused."""
     outcome, elapsed, upstream = in_process("refused", stream, rpm=10)
-    assert isinstance(outcome, httpx.ConnectError)
+    assert isinstance(outcome, httpx2.ConnectError)
     assert elapsed == 0.0
     assert upstream.stats.network_faults == {"refused": 1}
     assert upstream.rate_limit_headers(KEY)["x-ratelimit-remaining-requests"] == "10"
@@ -209,7 +209,7 @@ def test_refused_window_in_process() -> None:
     async def run(clock: VirtualClock) -> list[str]:
         upstream = SimulatedUpstream(profile, clock=clock)
         outcomes = []
-        async with httpx.AsyncClient(
+        async with httpx2.AsyncClient(
             transport=upstream.transport(),
             base_url="http://sim/v1",
             headers={"Authorization": f"Bearer {KEY}"},
@@ -219,7 +219,7 @@ def test_refused_window_in_process() -> None:
                 try:
                     await call(client, stream=False)
                     outcomes.append("ok")
-                except httpx.ConnectError:
+                except httpx2.ConnectError:
                     outcomes.append("refused")
         return outcomes
 
@@ -229,8 +229,8 @@ def test_refused_window_in_process() -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_reset_before_headers_in_process_is_a_read_error(stream: bool) -> None:
     outcome, elapsed, upstream = in_process("reset_before_headers", stream)
-    assert isinstance(outcome, httpx.ReadError)
-    assert not isinstance(outcome, httpx.TimeoutException)
+    assert isinstance(outcome, httpx2.ReadError)
+    assert not isinstance(outcome, httpx2.TimeoutException)
     # After the answer's latency (a stream: its time to first token).
     assert elapsed == pytest.approx(LATENCY * (FIXED.first_token_fraction if stream else 1.0))
     assert upstream.stats.network_faults == {"reset_before_headers": 1}
@@ -244,7 +244,7 @@ def test_reset_mid_body_in_process_is_a_read_error_after_some_bytes(stream: bool
     async def run(clock: VirtualClock) -> tuple[bytes, BaseException | None]:
         upstream = SimulatedUpstream(profile, clock=clock)
         received = b""
-        async with httpx.AsyncClient(
+        async with httpx2.AsyncClient(
             transport=upstream.transport(),
             base_url="http://sim/v1",
             headers={"Authorization": f"Bearer {KEY}"},
@@ -257,12 +257,12 @@ def test_reset_mid_body_in_process_is_a_read_error_after_some_bytes(stream: bool
                     response = await client.send(request, stream=True)
                     async for data in response.aiter_bytes():
                         received += data
-            except (httpx.TransportError, TimeoutError) as error:
+            except (httpx2.TransportError, TimeoutError) as error:
                 return received, error
         return received, None
 
     received, error = virtual(run)
-    assert isinstance(error, httpx.ReadError)
+    assert isinstance(error, httpx2.ReadError)
     whole = clean(stream)
     assert 0 < len(received) < len(whole)
     assert whole.startswith(received)
@@ -274,9 +274,9 @@ def test_reset_mid_body_in_process_is_a_read_error_after_some_bytes(stream: bool
 def test_stall_after_headers_in_process_is_a_read_timeout(stream: bool) -> None:
     """No byte after the headers (a stream: after some chunks): the client's read timeout
     fires, on the virtual clock, long before the server would give up."""
-    timeout = httpx.Timeout(60.0, read=7.0)
+    timeout = httpx2.Timeout(60.0, read=7.0)
     outcome, elapsed, upstream = in_process("stall_after_headers", stream, timeout=timeout)
-    assert isinstance(outcome, httpx.ReadTimeout)
+    assert isinstance(outcome, httpx2.ReadTimeout)
     assert elapsed < FIXED.stall_seconds
     if not stream:
         assert elapsed == pytest.approx(LATENCY + 7.0)
@@ -286,16 +286,16 @@ def test_stall_after_headers_in_process_is_a_read_timeout(stream: bool) -> None:
 def test_stall_without_a_read_timeout_ends_when_the_server_gives_up() -> None:
     """Without a read timeout the server closes the connection after ``stall_seconds``; with
     only an attempt deadline, the deadline ends the call first."""
-    no_read = httpx.Timeout(None)
+    no_read = httpx2.Timeout(None)
     outcome, elapsed, _ = in_process(
         "stall_after_headers", False, timeout=no_read, stall_seconds=20.0
     )
-    assert isinstance(outcome, httpx.ReadError)
+    assert isinstance(outcome, httpx2.ReadError)
     assert elapsed == pytest.approx(LATENCY + 20.0)
 
     async def run(clock: VirtualClock) -> tuple[BaseException | bytes, float]:
         upstream = SimulatedUpstream(dataclasses.replace(FIXED, stall_after_headers_rate=1.0))
-        async with httpx.AsyncClient(
+        async with httpx2.AsyncClient(
             transport=upstream.transport(),
             base_url="http://sim/v1",
             headers={"Authorization": f"Bearer {KEY}"},
@@ -316,7 +316,7 @@ def test_dribble_in_process_escapes_read_timeouts_not_a_deadline(stream: bool) -
     """The whole body arrives, bytes at a time: no read timeout fires (1 s here), it takes
     len(body) / rate seconds (minutes); a deadline over the whole call ends it."""
     rate = 5.0
-    timeout = httpx.Timeout(60.0, read=1.0)
+    timeout = httpx2.Timeout(60.0, read=1.0)
     outcome, elapsed, _ = in_process(
         "dribble", stream, timeout=timeout, dribble_bytes_per_second=rate, deadline=3600.0
     )
@@ -331,7 +331,7 @@ def test_dribble_in_process_escapes_read_timeouts_not_a_deadline(stream: bool) -
     async def run(clock: VirtualClock) -> BaseException | bytes:
         profile = dataclasses.replace(FIXED, dribble_rate=1.0, dribble_bytes_per_second=rate)
         upstream = SimulatedUpstream(profile, clock=clock)
-        async with httpx.AsyncClient(
+        async with httpx2.AsyncClient(
             transport=upstream.transport(),
             base_url="http://sim/v1",
             headers={"Authorization": f"Bearer {KEY}"},
@@ -339,7 +339,7 @@ def test_dribble_in_process_escapes_read_timeouts_not_a_deadline(stream: bool) -
         ) as client:
             try:
                 return await call(client, stream)
-            except (httpx.TransportError, TimeoutError) as error:
+            except (httpx2.TransportError, TimeoutError) as error:
                 return error
 
     assert isinstance(virtual(run), TimeoutError)
@@ -364,25 +364,25 @@ def test_oversized_in_process_is_a_valid_padded_body(stream: bool) -> None:
 
 async def over_server(base_url: str, stream: bool) -> BaseException | bytes:
     """One call over the socket with a READ-second read timeout under the ATTEMPT deadline."""
-    async with httpx.AsyncClient(
+    async with httpx2.AsyncClient(
         base_url=f"{base_url}/v1",
         headers={"Authorization": f"Bearer {KEY}"},
-        timeout=httpx.Timeout(ATTEMPT, read=READ),
+        timeout=httpx2.Timeout(ATTEMPT, read=READ),
     ) as client:
         try:
             return await call(client, stream)
-        except (httpx.TransportError, TimeoutError) as error:
+        except (httpx2.TransportError, TimeoutError) as error:
             return error
 
 
 SERVER_CASES = {
     # fault: (--set values, the exception a client sees)
-    "refused (window)": (('network_windows=[[0, 86400, "refused"]]',), httpx.ConnectError),
+    "refused (window)": (('network_windows=[[0, 86400, "refused"]]',), httpx2.ConnectError),
     # A rate of refusals cannot be had from a TCP listener: reset as soon as it has arrived.
-    "refused (rate)": (("refused_rate=1",), httpx.ReadError),
-    "reset_before_headers": (("reset_before_headers_rate=1",), httpx.ReadError),
-    "reset_mid_body": (("reset_mid_body_rate=1",), httpx.ReadError),
-    "stall_after_headers": (("stall_after_headers_rate=1",), httpx.ReadTimeout),
+    "refused (rate)": (("refused_rate=1",), httpx2.ReadError),
+    "reset_before_headers": (("reset_before_headers_rate=1",), httpx2.ReadError),
+    "reset_mid_body": (("reset_mid_body_rate=1",), httpx2.ReadError),
+    "stall_after_headers": (("stall_after_headers_rate=1",), httpx2.ReadTimeout),
 }
 
 
@@ -394,7 +394,7 @@ def test_network_fault_over_the_server(case: str) -> None:
     with sim_serve("healthy", *INSTANT_SET, *pairs) as base_url:
         outcomes = [asyncio.run(over_server(base_url, stream)) for stream in (False, True)]
         if case != "refused (window)":
-            stats = httpx.get(f"{base_url}/_sim/stats", timeout=10.0).json()["stats"]
+            stats = httpx2.get(f"{base_url}/_sim/stats", timeout=10.0).json()["stats"]
             assert sum(stats["network_faults"].values()) == 2
     for outcome in outcomes:
         assert type(outcome) is expected, f"{case}: {outcome!r}"
@@ -407,14 +407,14 @@ def test_dribble_over_the_server_is_ended_by_the_deadline_only() -> None:
     with sim_serve("healthy", *INSTANT_SET, *pairs) as base_url:
 
         async def run(stream: bool) -> BaseException | bytes:
-            async with httpx.AsyncClient(
+            async with httpx2.AsyncClient(
                 base_url=f"{base_url}/v1",
                 headers={"Authorization": f"Bearer {KEY}"},
-                timeout=httpx.Timeout(ATTEMPT, read=READ),
+                timeout=httpx2.Timeout(ATTEMPT, read=READ),
             ) as client:
                 try:
                     return await call(client, stream, deadline=2 * READ)
-                except (httpx.TransportError, TimeoutError) as error:
+                except (httpx2.TransportError, TimeoutError) as error:
                     return error
 
         outcomes = [asyncio.run(run(stream)) for stream in (False, True)]
@@ -446,7 +446,7 @@ def test_resets_are_tcp_resets_in_the_threaded_server(fault: str) -> None:
     upstream = SimulatedUpstream(profile)
     with serving(upstream) as base_url:
         outcomes = [asyncio.run(over_server(base_url, stream)) for stream in (False, True)]
-    assert [type(outcome) for outcome in outcomes] == [httpx.ReadError, httpx.ReadError]
+    assert [type(outcome) for outcome in outcomes] == [httpx2.ReadError, httpx2.ReadError]
     assert upstream.stats.network_faults == {fault: 2}
 
 
@@ -464,12 +464,12 @@ def test_refusal_windows_close_and_reopen_the_listener() -> None:
 
     def status(base_url: str) -> int | str:
         # A new client each time: the listener is under test, not a kept-alive connection.
-        with httpx.Client(timeout=10.0) as client:
+        with httpx2.Client(timeout=10.0) as client:
             try:
                 url = f"{base_url}/v1/chat/completions"
                 auth = {"Authorization": f"Bearer {KEY}"}
                 return client.post(url, json=BODY, headers=auth).status_code
-            except httpx.ConnectError:
+            except httpx2.ConnectError:
                 return "refused"
 
     with serving_server(upstream) as (base_url, server):

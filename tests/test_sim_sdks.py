@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Iterator
 
 import anthropic
-import httpx
+import httpx2
 import openai
 import pytest
 from _sim_serve import INSTANT, sim_serve
@@ -148,7 +148,7 @@ def test_sdk_retries_get_every_request_through_rate_limits() -> None:
     with sim_serve("rate_limited", *RATE_LIMITED) as url:
         openai_tokens = asyncio.run(openai_burst(url))
         anthropic_tokens = asyncio.run(anthropic_burst(url))
-        stats = httpx.get(f"{url}/_sim/stats", timeout=10.0).json()["stats"]
+        stats = httpx2.get(f"{url}/_sim/stats", timeout=10.0).json()["stats"]
 
     assert len(openai_tokens) == len(anthropic_tokens) == BURST
     assert all(tokens > 0 for tokens in openai_tokens + anthropic_tokens)

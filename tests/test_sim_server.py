@@ -10,7 +10,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 import pytest
 from _sim_http import serving
 
@@ -44,7 +44,7 @@ def test_real_http_requests_are_answered_and_counted(
     upstream: SimulatedUpstream, base_url: str
 ) -> None:
     sample_key = "sk-server-test-0123456789"
-    with httpx.Client(base_url=f"{base_url}/v1", timeout=10.0) as client:
+    with httpx2.Client(base_url=f"{base_url}/v1", timeout=10.0) as client:
         auth = {"Authorization": f"Bearer {sample_key}"}
         ok = [
             client.post("/chat/completions", json=_stage1("학교"), headers=auth) for _ in range(3)
@@ -81,7 +81,7 @@ def test_real_http_requests_are_answered_and_counted(
 
 
 def test_reset_endpoint_clears_the_books(upstream: SimulatedUpstream, base_url: str) -> None:
-    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+    with httpx2.Client(base_url=base_url, timeout=10.0) as client:
         auth = {"Authorization": "Bearer sk-reset"}
         statuses = [
             client.post("/v1/chat/completions", json=_stage1("물"), headers=auth).status_code
@@ -100,7 +100,7 @@ def test_outage_connection_failures_arrive_as_a_proxy_503() -> None:
         dataclasses.replace(INSTANT, outages=((0.0, 3600.0),), outage_connect_fraction=1.0)
     )
     with serving(upstream) as base_url:
-        with httpx.Client(base_url=base_url, timeout=10.0) as client:
+        with httpx2.Client(base_url=base_url, timeout=10.0) as client:
             response = client.post(
                 "/v1/chat/completions", json=_stage1("물"), headers={"Authorization": "Bearer k"}
             )

@@ -14,7 +14,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
 import pytest
 
 from flashkit.clock import VirtualClock, run_virtual
@@ -40,9 +40,11 @@ def virtual(factory: Callable[[VirtualClock], Awaitable[T]]) -> T:
     return run_virtual(main(), clock=clock)
 
 
-def client(upstream: SimulatedUpstream, **headers: str) -> httpx.AsyncClient:
+def client(upstream: SimulatedUpstream, **headers: str) -> httpx2.AsyncClient:
     auth = headers or {"Authorization": f"Bearer {KEY}"}
-    return httpx.AsyncClient(transport=upstream.transport(), base_url="http://sim/v1", headers=auth)
+    return httpx2.AsyncClient(
+        transport=upstream.transport(), base_url="http://sim/v1", headers=auth
+    )
 
 
 def sse(text: str) -> list[tuple[str | None, str]]:
@@ -74,7 +76,7 @@ def test_openai_stream_has_the_api_chunks_and_the_plain_answer(include_usage: bo
     """The stream: a role chunk, content deltas that join to the plain answer, a chunk with an
     empty delta and the finish_reason, the usage chunk only with include_usage, then [DONE]."""
 
-    async def run(clock: VirtualClock) -> tuple[httpx.Response, httpx.Response]:
+    async def run(clock: VirtualClock) -> tuple[httpx2.Response, httpx2.Response]:
         options = {"stream_options": {"include_usage": True}} if include_usage else {}
         async with client(SimulatedUpstream(INSTANT, seed=3, clock=clock)) as c:
             streamed = await c.post("/chat/completions", json=chat_body(True, **options))
@@ -171,7 +173,7 @@ def test_stream_body_faults_are_a_broken_event_or_an_early_end() -> None:
     """malformed: one event whose data is not JSON; truncated: the stream ends cleanly before
     its end (no [DONE]); a 429 to a stream request is a plain JSON error."""
 
-    async def run(clock: VirtualClock) -> tuple[str, str, httpx.Response]:
+    async def run(clock: VirtualClock) -> tuple[str, str, httpx2.Response]:
         malformed = SimulatedUpstream(dataclasses.replace(INSTANT, malformed_rate=1.0))
         truncated = SimulatedUpstream(dataclasses.replace(INSTANT, truncated_rate=1.0))
         limited = SimulatedUpstream(dataclasses.replace(INSTANT, rpm=1, limit_mode="fixed_window"))
@@ -198,8 +200,8 @@ def test_stream_body_faults_are_a_broken_event_or_an_early_end() -> None:
 # --- Anthropic Messages -------------------------------------------------------------------
 
 
-def anthropic_client(upstream: SimulatedUpstream, key: str = KEY) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
+def anthropic_client(upstream: SimulatedUpstream, key: str = KEY) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(
         transport=upstream.transport(),
         base_url="http://sim/v1",
         headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
@@ -207,7 +209,7 @@ def anthropic_client(upstream: SimulatedUpstream, key: str = KEY) -> httpx.Async
 
 
 def test_messages_answer_has_anthropics_shape_and_usage() -> None:
-    async def run(clock: VirtualClock) -> list[httpx.Response]:
+    async def run(clock: VirtualClock) -> list[httpx2.Response]:
         upstream = SimulatedUpstream(INSTANT, clock=clock)
         async with anthropic_client(upstream) as c:
             plain = await c.post("/messages", json=messages_body(False))
@@ -246,7 +248,7 @@ def test_messages_answer_has_anthropics_shape_and_usage() -> None:
 
 
 def test_messages_stream_has_anthropics_events() -> None:
-    async def run(clock: VirtualClock) -> tuple[httpx.Response, httpx.Response]:
+    async def run(clock: VirtualClock) -> tuple[httpx2.Response, httpx2.Response]:
         async with anthropic_client(SimulatedUpstream(FIXED, seed=2, clock=clock)) as c:
             streamed = await c.post("/messages", json=messages_body(True))
         async with anthropic_client(SimulatedUpstream(FIXED, seed=2, clock=clock)) as c:
@@ -288,16 +290,16 @@ def test_messages_errors_have_anthropics_shape_and_headers() -> None:
     rate_limit_error with retry-after and anthropic-ratelimit-* headers (on this route even
     when the profile's header_style is openai), 529 overloaded_error, 5xx api_error."""
 
-    async def run(clock: VirtualClock) -> dict[str, httpx.Response]:
+    async def run(clock: VirtualClock) -> dict[str, httpx2.Response]:
         limited = SimulatedUpstream(
             dataclasses.replace(INSTANT, rpm=1, tpm=10_000, header_style="openai"), clock=clock
         )
         overloaded = SimulatedUpstream(dataclasses.replace(INSTANT, overload_rate=1.0))
         failing = SimulatedUpstream(dataclasses.replace(INSTANT, error_rate=1.0))
-        out: dict[str, httpx.Response] = {}
+        out: dict[str, httpx2.Response] = {}
         async with anthropic_client(limited, key="invalid") as c:
             out["bad_key"] = await c.post("/messages", json=messages_body(False))
-        async with httpx.AsyncClient(transport=limited.transport(), base_url="http://sim") as c:
+        async with httpx2.AsyncClient(transport=limited.transport(), base_url="http://sim") as c:
             out["no_key"] = await c.post("/v1/messages", json=messages_body(False))
         async with anthropic_client(limited) as c:
             body = messages_body(False)
@@ -343,14 +345,14 @@ def test_messages_errors_have_anthropics_shape_and_headers() -> None:
 
 
 def test_models_list_in_the_callers_shape() -> None:
-    async def run(clock: VirtualClock) -> list[httpx.Response]:
+    async def run(clock: VirtualClock) -> list[httpx2.Response]:
         upstream = SimulatedUpstream(INSTANT, clock=clock)
         async with client(upstream) as c:
             openai_list = await c.get("/models")
             wrong_method = await c.post("/models", json={})
         async with anthropic_client(upstream) as c:
             anthropic_list = await c.get("/models")
-        async with httpx.AsyncClient(transport=upstream.transport(), base_url="http://sim") as c:
+        async with httpx2.AsyncClient(transport=upstream.transport(), base_url="http://sim") as c:
             anonymous = await c.get("/v1/models")
         return [openai_list, wrong_method, anthropic_list, anonymous]
 

@@ -94,7 +94,7 @@ def process_command(
         typer.Option("-b", "--batch-size", min=1, max=10_000, help="Words in flight (50)."),
     ] = None,
     provider: Annotated[
-        str | None, typer.Option(help="openrouter (default) | openai | sim.")
+        str | None, typer.Option(help="openrouter (default) | openai | anthropic | sim.")
     ] = None,
     base_url: Annotated[str | None, typer.Option(help="The provider's URL (…/v1).")] = None,
     model: Annotated[str | None, typer.Option(help="Model for plain chats.")] = None,

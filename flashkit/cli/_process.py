@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
+import httpx2
 from rich.console import Console
 from rich.table import Table
 
@@ -66,11 +66,11 @@ def prepare_sim(settings: Settings, *, real_time: bool) -> tuple[Settings, Any, 
 
 
 def _fetch_sim_limits(base_url: str) -> dict[str, Any]:
-    url = httpx.URL(base_url)
+    url = httpx2.URL(base_url)
     stats_url = url.copy_with(path="/_sim/stats", query=None)
     try:
-        data = httpx.get(stats_url, timeout=5.0).json()
-    except (httpx.HTTPError, ValueError) as error:
+        data = httpx2.get(stats_url, timeout=5.0).json()
+    except (httpx2.HTTPError, ValueError) as error:
         raise ValidationError(
             f"--provider sim --base-url {base_url}: no simulator answers at {stats_url} "
             f"({type(error).__name__}); start one with `flashkit sim serve` or check the URL",

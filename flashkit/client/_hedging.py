@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple
 
-import httpx
+import httpx2
 
 from flashkit.budget import RetryBudget
 from flashkit.client._latency import FromLatency, LatencyTracker
@@ -113,16 +113,16 @@ class Hedger:
 
     async def race(
         self,
-        send: Callable[[], Awaitable[httpx.Response]],
+        send: Callable[[], Awaitable[httpx2.Response]],
         admit: Callable[[], Awaitable[SkipReason | None]],
         delay: float,
-    ) -> tuple[httpx.Response, Literal["sent", "won"] | SkipReason | None]:
+    ) -> tuple[httpx2.Response, Literal["sent", "won"] | SkipReason | None]:
         """``send()`` now; if it has not answered after ``delay`` seconds, ``admit()`` a hedge
         and ``send()`` it. Returns the response used (the first good one; when neither is good,
         the first to finish) and what happened to the hedge: ``"sent"`` (the first request's
         answer was used), ``"won"`` (the hedge's), the reason it was skipped, or None (it was
         not due: the first answered within ``delay``)."""
-        first: asyncio.Future[httpx.Response] = asyncio.ensure_future(send())
+        first: asyncio.Future[httpx2.Response] = asyncio.ensure_future(send())
         tasks = [first]
         try:
             done, _ = await asyncio.wait(tasks, timeout=delay)
@@ -134,7 +134,7 @@ class Hedger:
                 return await first, reason
             self.sent += 1
             tasks.append(asyncio.ensure_future(send()))
-            fallback: asyncio.Future[httpx.Response] | None = None
+            fallback: asyncio.Future[httpx2.Response] | None = None
             pending = set(tasks)
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)

@@ -40,16 +40,13 @@ class LatencyTracker:
         self, window: int = 100, *, max_age: float | None = 300.0, clock: Clock | None = None
     ) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValidationError(
+            raise ValidationError.config(
                 f"LatencyTracker(window={window!r}): must be an int >= 1 (samples kept), e.g. 100",
-                code="invalid_config",
-                details={"field": "window"},
+                field="window",
             )
         if max_age is not None and not (max_age > 0 and math.isfinite(max_age)):
-            raise ValidationError(
-                f"LatencyTracker(max_age={max_age!r}): must be seconds > 0 or None",
-                code="invalid_config",
-                details={"field": "max_age"},
+            raise ValidationError.config(
+                f"LatencyTracker(max_age={max_age!r}): must be seconds > 0 or None", field="max_age"
             )
         self.window = window
         self.max_age = max_age

@@ -1,4 +1,4 @@
-"""An LLM chat client over httpx with every flashkit primitive composed in one place.
+"""An LLM chat client over httpx2 with every flashkit primitive composed in one place.
 
 >>> async with LLMClient(provider="openrouter") as client:        # key from FLASHKIT_API_KEY
 ...     result = await client.chat([{"role": "user", "content": "안녕"}], max_tokens=200)
@@ -27,9 +27,11 @@ Answers are classified by :func:`~flashkit.errors.classify`: 429 and 5xx are ret
 least their ``retry-after``), authentication and validation errors are raised at once, bodies that
 are not the expected JSON are retryable ``malformed_response`` errors. Provider rate-limit headers
 (OpenAI ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``, OpenRouter) feed the limiter.
+:meth:`LLMClient.stream` runs the same attempts over a streamed answer (:mod:`._stream`).
 
-The API key is sent in the ``Authorization`` header and nowhere else: it is scrubbed from every
-error message, log record and span this client produces, and ``repr`` never shows it.
+The API key is sent in the ``Authorization`` header (Anthropic: ``x-api-key``) and nowhere else:
+it is scrubbed from every error message, log record and span this client produces, and ``repr``
+never shows it.
 """
 
 from __future__ import annotations
@@ -44,13 +46,14 @@ import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Literal
 
-import httpx
+import httpx2
 from opentelemetry import trace
 
 from flashkit._headers import LimitInfo, parse_rate_limit_headers
 from flashkit.breaker import CircuitBreaker, CircuitState
 from flashkit.budget import RetryBudget
 from flashkit.client._cached import from_cache, to_cache
+from flashkit.client._dialects import DIALECTS, read_answer
 from flashkit.client._hedging import Hedger, HedgeStats, SkipReason, has_room, take_room
 from flashkit.client._latency import FromLatency, LatencyTracker
 from flashkit.client._setup import (
@@ -58,9 +61,12 @@ from flashkit.client._setup import (
     check_seconds,
     check_whole,
     default_breaker,
+    http_client,
     retry_policy,
     scrub_secret,
+    wait_out_breaker,
 )
+from flashkit.client._stream import ChatStream, Exchange, stream_retry
 from flashkit.client._types import (
     DEFAULT_MODEL,
     PROVIDERS,
@@ -110,6 +116,8 @@ class _Call:
     breaker_waited: float = 0.0  # seconds spent waiting for an open breaker (breaker_wait)
     timeout: float | None = None  # seconds: the attempt timeout in force for the latest attempt
     hedge: str | None = None  # the latest attempt's hedge: "sent", "won", "skipped"; None: not due
+    ttft: float | None = None  # seconds from the latest attempt's request to its first delta
+    exchange: Exchange | None = None  # a stream's exchange (None: the plain one, _exchange)
     rec: ClientCall | None = None
     delays: list[float] = dataclasses.field(default_factory=list)
 
@@ -120,16 +128,19 @@ _CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
 
 
 class LLMClient:
-    """A chat-completions client with limiter, breaker, retries, timeouts and hedging.
+    """A chat client (plain or streamed) with limiter, breaker, retries, timeouts and hedging.
 
     Keyword-only arguments (times in seconds):
-        provider: ``"openrouter"`` (default), ``"openai"`` or ``"sim"`` (see :data:`PROVIDERS`).
-        base_url: overrides the provider's (any OpenAI-compatible ``.../v1``).
+        provider: ``"openrouter"`` (default), ``"openai"``, ``"anthropic"`` (the Messages API,
+            :mod:`._anthropic`) or ``"sim"`` (see :data:`PROVIDERS`).
+        base_url: overrides the provider's (any OpenAI-compatible or Messages ``.../v1``).
         api_key: the key; default from ``FLASHKIT_API_KEY``, then the provider's variable
-            (``OPENROUTER_API_KEY`` / ``OPENAI_API_KEY``). Required except for ``sim``.
-        model: default model (``anthropic/claude-3.5-sonnet``).
+            (``OPENROUTER_API_KEY`` / ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``). Required
+            except for ``sim``.
+        model: default model (``anthropic/claude-3.5-sonnet``; with ``anthropic``, left at
+            that default: ``claude-sonnet-4-5``).
         max_tokens / temperature: defaults for :meth:`chat` (2000 / 0.7).
-        transport: an httpx async transport (tests, the simulator); default: the network.
+        transport: an httpx2 async transport (tests, the simulator); default: the network.
             ``provider="sim"`` needs one (``SimulatedUpstream.transport()`` from
             :mod:`flashkit.sim`) or the ``base_url`` of a ``flashkit sim serve``.
         limiter: a :class:`~flashkit.ratelimit.Limiter` counting requests, 1 per attempt
@@ -175,7 +186,8 @@ class LLMClient:
             they come. A cache that fails is skipped, never the call.
         max_in_flight: at most this many attempts past the retry-after gate at once, waiting
             for the limiters or in the HTTP exchange (None: unbounded); a call waiting out a
-            retry's backoff holds none.
+            retry's backoff holds none. The connection pool is sized to it (twice with hedging;
+            100 when unbounded), every connection kept alive.
         headers: extra HTTP headers (e.g. OpenRouter's ``HTTP-Referer`` / ``X-Title``).
         clock: a :class:`~flashkit.clock.Clock` for every part (default: ``default_clock()``).
         rng: the ``random.Random`` the retry jitter draws from (seed it for a reproducible run;
@@ -186,13 +198,13 @@ class LLMClient:
     def __init__(
         self,
         *,
-        provider: Literal["openrouter", "openai", "sim"] | str = "openrouter",
+        provider: Literal["openrouter", "openai", "anthropic", "sim"] | str = "openrouter",
         base_url: str | None = None,
         api_key: str | None = None,
         model: str = DEFAULT_MODEL,
         max_tokens: int = 2000,
         temperature: float | None = 0.7,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
         limiter: Limiter | None = None,
         token_limiter: Limiter | None = None,
         token_refunds: bool = True,
@@ -248,7 +260,8 @@ class LLMClient:
             limiter_timeout=limiter_timeout,
             breaker_wait=breaker_wait or None,
         )
-        self.model = model
+        self._dialect = dialect = DIALECTS[preset.api]
+        self.model = model if model != DEFAULT_MODEL else dialect.default_model or model
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.attempt_timeout = attempt_timeout
@@ -271,9 +284,20 @@ class LLMClient:
         ceiling = (
             attempt_timeout.ceiling if isinstance(attempt_timeout, FromLatency) else attempt_timeout
         )
-        self._http = self._http_client(transport, headers, ceiling)
+        default_headers = {"content-type": "application/json", "accept": "application/json"}
+        default_headers.update(dialect.headers)
+        default_headers.update(headers or {})
+        default_headers.update(dialect.auth(self._secret))
+        self._http = http_client(
+            self.base_url,
+            transport,
+            default_headers,
+            timeout=None if ceiling is None else ceiling + 5.0,
+            in_flight=max_in_flight,
+            hedging=hedge_after is not None,
+        )
         # Built once: a relative URL would be parsed and merged with base_url on every request.
-        self._url = httpx.URL(str(self._http.base_url).rstrip("/") + "/chat/completions")
+        self._url = httpx2.URL(str(self._http.base_url).rstrip("/") + dialect.path)
 
         self.limiter = limiter
         self.token_limiter = token_limiter
@@ -300,29 +324,14 @@ class LLMClient:
         self._run: Callable[[_Call], Awaitable[ChatResult]] = _retry(self.retry_config)(
             self._attempt
         )
+        self._run_stream: Callable[[_Call], Awaitable[ChatResult]] = _retry(
+            stream_retry(self.retry_config)
+        )(self._attempt)
 
         # Client-wide gate: no request before this clock time (a server's retry-after).
         self._blocked_until = -1.0e300
         self._instruments = ClientInstruments(clock=self.clock)
         self._host = self._http.base_url.host
-
-    def _http_client(
-        self,
-        transport: httpx.AsyncBaseTransport | None,
-        headers: Mapping[str, str] | None,
-        attempt_timeout: float | None,
-    ) -> httpx.AsyncClient:
-        default_headers = {"content-type": "application/json", "accept": "application/json"}
-        if headers:
-            default_headers.update(headers)
-        if self._secret:
-            default_headers["authorization"] = f"Bearer {self._secret}"
-        return httpx.AsyncClient(
-            base_url=self.base_url,
-            transport=transport,
-            headers=default_headers,
-            timeout=httpx.Timeout(None if attempt_timeout is None else attempt_timeout + 5.0),
-        )
 
     # --- public API -----------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -378,14 +387,7 @@ class LLMClient:
         retryable ``unparsable_output`` error; its result is returned as ``result.raw["parsed"]``.
         ``extra`` adds fields to the request body; ``stage`` labels the call's telemetry.
         """
-        tokens = self.max_tokens if max_tokens is None else max_tokens
-        body: dict[str, Any] = {"model": model or self.model, "messages": list(messages)}
-        body["max_tokens"] = tokens
-        temp = self.temperature if temperature is None else temperature
-        if temp is not None:
-            body["temperature"] = temp
-        if extra:
-            body.update(extra)
+        body = self._body(messages, model, max_tokens, temperature, extra)
         cache = self.cache
         if cache is None:
             return await self._chat(body, idempotent, parse, stage)
@@ -397,15 +399,51 @@ class LLMClient:
         await to_cache(cache, key, result, self.name)
         return result
 
+    def stream(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+        stage: int | str | None = None,
+    ) -> ChatStream:
+        """:meth:`chat`, its answer streamed: ``async with client.stream(messages) as stream:
+        async for delta in stream`` (a :class:`~flashkit.client.ChatStream`). Retried until the
+        first delta reaches the caller, never after; never hedged or cached."""
+        body = self._body(messages, model, max_tokens, temperature, extra)
+        return ChatStream(self, self._dialect.stream_body(body), stage)
+
+    def _body(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        model: str | None,
+        max_tokens: int | None,
+        temperature: float | None,
+        extra: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """A request body in the chat-completions shape (``_chat`` sends the dialect's)."""
+        body: dict[str, Any] = {"model": model or self.model, "messages": list(messages)}
+        body["max_tokens"] = self.max_tokens if max_tokens is None else max_tokens
+        temp = self.temperature if temperature is None else temperature
+        if temp is not None:
+            body["temperature"] = temp
+        if extra:
+            body.update(extra)
+        return body
+
     async def _chat(
         self,
         body: dict[str, Any],
         idempotent: bool,
         parse: Callable[[str], Any] | None,
         stage: int | str | None,
+        exchange: Exchange | None = None,
     ) -> ChatResult:
         tokens = body["max_tokens"]
-        content = json.dumps(body, ensure_ascii=False).encode()
+        wire = self._dialect.wire
+        content = json.dumps(body if wire is None else wire(body), ensure_ascii=False).encode()
         prompt_estimate = len(content) // 3 + 8
         call = _Call(
             content,
@@ -415,10 +453,13 @@ class LLMClient:
             idempotent,
             parse,
         )
+        run = self._run
+        if exchange is not None:  # a stream (ChatStream): its exchange, its retry policy
+            call.exchange, run = exchange, self._run_stream
         token = _CURRENT.set(call)
         try:
             if not self._telemetry_on():
-                return await self._run(call)
+                return await run(call)
             with self._instruments.call(
                 model=body["model"],
                 stage=stage,
@@ -426,7 +467,7 @@ class LLMClient:
             ) as rec:
                 call.rec = rec
                 try:
-                    result: ChatResult = await self._run(call)
+                    result: ChatResult = await run(call)
                 except StructuredError as error:
                     self._scrub(error)  # before the span records it
                     raise
@@ -452,7 +493,9 @@ class LLMClient:
             now = self._now()
         breaker = self.breaker
         if breaker is not None and breaker._state is not CircuitState.CLOSED and self.breaker_wait:
-            await self._wait_breaker(call, breaker)
+            call.breaker_waited = await wait_out_breaker(
+                breaker, self.clock, waited=call.breaker_waited, limit=self.breaker_wait
+            )
         self._queued += 1
         queued = True
         try:
@@ -465,11 +508,12 @@ class LLMClient:
                         await self._admit(call)
                     finally:
                         self._waiting -= 1
+                exchange = call.exchange or self._exchange
                 if breaker is None:
-                    response, data = await self._exchange(call)
+                    response, data = await exchange(call)
                 else:
                     async with breaker.guard():
-                        response, data = await self._exchange(call)
+                        response, data = await exchange(call)
         except StructuredError as error:
             self._record(call, error, None)
             raise
@@ -486,26 +530,6 @@ class LLMClient:
         result = self._result(call, response, data, usage)
         self._record(call, None, response.status_code)
         return result
-
-    async def _wait_breaker(self, call: _Call, breaker: CircuitBreaker) -> None:
-        """Before taking a slot, wait while the breaker would reject this attempt: open (until its
-        break ends) or half-open with its probes out (looking again every second), for at most
-        ``breaker_wait`` seconds per call in all. The attempt never reached the upstream: it
-        costs no attempt and no retry token (past the limit the breaker rejects it as before)."""
-        while True:
-            stats = breaker.stats
-            if stats.state is CircuitState.OPEN:
-                wait = stats.break_remaining
-            elif stats.state is CircuitState.HALF_OPEN:
-                if stats.half_open_in_flight < breaker.half_open_max_calls:
-                    return  # this attempt may be the probe
-                wait = 1.0
-            else:
-                return  # closed, or isolated (rejected at once)
-            if wait <= 0.0 or call.breaker_waited + wait > self.breaker_wait:
-                return
-            call.breaker_waited += wait
-            await self.clock.sleep(wait)
 
     async def _admit(self, call: _Call) -> None:
         key = self.limiter_key
@@ -550,15 +574,12 @@ class LLMClient:
             )
         await self.clock.sleep(wait)
 
-    async def _exchange(self, call: _Call) -> tuple[httpx.Response, dict[str, Any]]:
+    async def _exchange(self, call: _Call) -> tuple[httpx2.Response, dict[str, Any]]:
         """Send (maybe hedged) under the attempt timeout, classify, decode. Raises
         StructuredError for every failure. A good answer's seconds, and a timed-out attempt's
-        timeout, go to :attr:`latency`."""
-        limit = self.timeout_now()
-        call.timeout, call.hedge = limit, None
-        if limit is not None and limit != self._timeout_shown and call.rec is not None:
-            self._timeout_shown = limit
-            self._instruments.attempt_timeout(limit, client=self.name)
+        timeout, go to :attr:`latency`. Its steps ``_arm``, ``_timed_out`` and ``_check`` are
+        shared with a stream's exchange (:class:`~flashkit.client.ChatStream`)."""
+        limit = self._arm(call)
         sent = self._now()
         try:
             if limit is None:
@@ -567,23 +588,10 @@ class LLMClient:
                 async with asyncio.timeout(limit):
                     response = await self._send(call)
         except TimeoutError as error:
-            self.latency.observe(limit or 0.0)  # at least that slow: the bounds rise with it
-            raise ExternalServiceError(
-                f"attempt {call.attempt} timed out after {limit:g} s",
-                code="attempt_timeout",
-                details={"attempt": call.attempt, "timeout": limit},
-                original_exception=error,
-            ) from error
-        except httpx.HTTPError as error:
+            raise self._timed_out(call, limit, error) from error
+        except httpx2.HTTPError as error:
             raise (classify(error) or ExternalServiceError(str(error))) from error
-        status = response.status_code
-        failure = classify(response) if status >= 400 else None
-        self._learn(call, response, failure)
-        if status >= 400 and call.token_grant is not None:
-            # Rejected: the answer's tokens were never generated; keep the prompt's.
-            await self._reconcile(call, call.prompt_estimate)
-        if failure is not None:
-            raise failure
+        await self._check(call, response)
         try:
             data = json.loads(response.content)
         except (ValueError, UnicodeDecodeError) as error:
@@ -596,13 +604,42 @@ class LLMClient:
         self.latency.observe(self._now() - sent)
         return response, data
 
-    async def _send(self, call: _Call) -> httpx.Response:
+    def _arm(self, call: _Call) -> float | None:
+        """This attempt's timeout (s; None: none), noted on the call and the gauge."""
+        limit = self.timeout_now()
+        call.timeout, call.hedge = limit, None
+        if limit is not None and limit != self._timeout_shown and call.rec is not None:
+            self._timeout_shown = limit
+            self._instruments.attempt_timeout(limit, client=self.name)
+        return limit
+
+    def _timed_out(self, call: _Call, limit: float | None, error: BaseException) -> StructuredError:
+        """An attempt cut by its timeout of ``limit`` s (at least that slow: to :attr:`latency`)."""
+        self.latency.observe(limit or 0.0)
+        return ExternalServiceError(
+            f"attempt {call.attempt} timed out after {limit:g} s",
+            code="attempt_timeout",
+            details={"attempt": call.attempt, "timeout": limit},
+            original_exception=error,
+        )
+
+    async def _check(self, call: _Call, response: httpx2.Response) -> None:
+        """Learn from the headers; raise a failed status (the tokens settled to the prompt's)."""
+        status = response.status_code
+        failure = classify(response) if status >= 400 else None
+        self._learn(call, response, failure)
+        if status >= 400 and call.token_grant is not None:
+            await self._reconcile(call, call.prompt_estimate)
+        if failure is not None:
+            raise failure
+
+    async def _send(self, call: _Call) -> httpx2.Response:
         hedger = self._hedger
         delay = hedger.delay() if hedger is not None and call.idempotent else None
         if hedger is None or delay is None:
             return await self._http.post(self._url, content=call.content)
 
-        def send() -> Awaitable[httpx.Response]:
+        def send() -> Awaitable[httpx2.Response]:
             return self._http.post(self._url, content=call.content)
 
         async def admit() -> SkipReason | None:
@@ -650,7 +687,7 @@ class LLMClient:
             queued=self._queued + self._waiting,
         )
 
-    def _learn(self, call: _Call, response: httpx.Response, error: StructuredError | None) -> None:
+    def _learn(self, call: _Call, response: httpx2.Response, error: StructuredError | None) -> None:
         """Feed the rate-limit headers and a retry-after to the gate and the limiters."""
         status = response.status_code
         retry_after = error.retry_after if error is not None else None
@@ -678,33 +715,9 @@ class LLMClient:
             self.token_limiter.observe_limits(tokens_info, status=status, retry_after=retry_after)
 
     def _result(
-        self, call: _Call, response: httpx.Response, data: dict[str, Any], usage: Usage | None
+        self, call: _Call, response: httpx2.Response, data: dict[str, Any], usage: Usage | None
     ) -> ChatResult:
-        try:
-            choice = data["choices"][0]
-            content = choice["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            error_body = data.get("error")
-            if isinstance(error_body, dict):  # OpenRouter: 200 with an upstream error inside
-                raise ExternalServiceError(
-                    f"upstream error in a 200 answer: {str(error_body.get('message', ''))[:300]}",
-                    code="upstream_error",
-                    details={"status_code": response.status_code},
-                    retryable=True,
-                ) from None
-            raise malformed("no choices[0].message.content", response) from None
-        if not isinstance(content, str):
-            raise malformed("message content is not text", response)
-        if call.parse is not None:
-            try:
-                data["parsed"] = call.parse(content)
-            except (ValueError, KeyError, TypeError) as error:
-                raise ExternalServiceError(
-                    f"unparsable model output: {type(error).__name__}: {str(error)[:300]}",
-                    code="unparsable_output",
-                    details={"finish_reason": choice.get("finish_reason")},
-                    retryable=True,
-                ) from error
+        content, finish = read_answer(self._dialect, response, data, call.parse)
         return ChatResult(
             content=content,
             model=str(data.get("model") or ""),
@@ -713,7 +726,7 @@ class LLMClient:
             latency=self._now() - call.start,
             limiter_wait=call.limiter_wait,
             hedged=call.hedged,
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=finish,
             request_id=data.get("id") or response.headers.get("x-request-id"),
             raw=data,
         )
@@ -744,6 +757,7 @@ class LLMClient:
             error=error,
             timeout=call.timeout,
             hedge=call.hedge,
+            ttft=call.ttft,
             limiter=self.name,
         )
 

@@ -1,5 +1,6 @@
 """How an :class:`~flashkit.client.LLMClient` is put together from its arguments: the key (and
-how it is scrubbed from errors), checked settings, and the default breaker and retry policy."""
+how it is scrubbed from errors), checked settings, its HTTP client, and the default breaker and
+retry policy."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import dataclasses
 import json
 import os
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
-from flashkit.breaker import CircuitBreaker
+import httpx2
+
+from flashkit.breaker import CircuitBreaker, CircuitState
 from flashkit.budget import RetryBudget
 from flashkit.client._types import Provider, breaker_handles
 from flashkit.clock import Clock
@@ -36,6 +39,34 @@ def api_key_for(preset: Provider, api_key: str | None) -> str:
     if not key and preset.name == "sim":
         key = "sk-sim-local"  # the simulator wants some bearer token; any will do
     return key or ""
+
+
+_DEFAULT_CONNECTIONS: Final = 100  # httpx2's default pool size, when the concurrency is unbounded
+
+
+def http_client(
+    base_url: str,
+    transport: httpx2.AsyncBaseTransport | None,
+    headers: Mapping[str, str],
+    *,
+    timeout: float | None,
+    in_flight: int | None,
+    hedging: bool,
+) -> httpx2.AsyncClient:
+    """The client's HTTP layer: an ``httpx2.AsyncClient`` on ``base_url`` sending ``headers``
+    with every request, ``timeout`` seconds for each phase (connect, read, write, pool; None:
+    unbounded), and a connection pool sized to the concurrency: ``in_flight`` attempts at once
+    (None: unbounded, httpx2's 100), twice that with ``hedging`` (an attempt and its copy), every
+    connection kept alive between requests (httpx2 keeps 20 by default: above that, each
+    request would open a new connection)."""
+    connections = _DEFAULT_CONNECTIONS if in_flight is None else in_flight * (2 if hedging else 1)
+    return httpx2.AsyncClient(
+        base_url=base_url,
+        transport=transport,
+        headers=dict(headers),
+        timeout=httpx2.Timeout(timeout),
+        limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
 
 
 def scrub_secret(error: BaseException, secret: str) -> None:
@@ -147,3 +178,27 @@ def _chain(
         second(event)
 
     return both
+
+
+async def wait_out_breaker(
+    breaker: CircuitBreaker, clock: Clock, *, waited: float, limit: float
+) -> float:
+    """Before an attempt takes a slot, wait while ``breaker`` would reject it: open (until its
+    break ends) or half-open with its probes out (looking again every second), for at most
+    ``limit`` seconds per call in all (``waited`` of them spent already). Returns the seconds
+    waited so far. Such an attempt never reached the upstream: it costs no attempt and no retry
+    token (past the limit the breaker rejects it as before)."""
+    while True:
+        stats = breaker.stats
+        if stats.state is CircuitState.OPEN:
+            wait = stats.break_remaining
+        elif stats.state is CircuitState.HALF_OPEN:
+            if stats.half_open_in_flight < breaker.half_open_max_calls:
+                return waited  # this attempt may be the probe
+            wait = 1.0
+        else:
+            return waited  # closed, or isolated (rejected at once)
+        if wait <= 0.0 or waited + wait > limit:
+            return waited
+        waited += wait
+        await clock.sleep(wait)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-import httpx
+import httpx2
 
 from flashkit.errors import ErrorCategory, ExternalServiceError, StructuredError
 
@@ -30,12 +30,14 @@ DEFAULT_MODEL: Final = "anthropic/claude-3.5-sonnet"
 @dataclass(frozen=True, slots=True)
 class Provider:
     """Where a provider lives: ``base_url``, the environment variables its key may come from (in
-    order), and whether a key is needed at all."""
+    order), whether a key is needed at all, and the API it speaks (``"openai"``: chat
+    completions; ``"anthropic"``: Messages)."""
 
     name: str
     base_url: str
     key_env: tuple[str, ...]
     needs_key: bool = True
+    api: str = "openai"
 
 
 PROVIDERS: Final[Mapping[str, Provider]] = {
@@ -45,10 +47,17 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
     "openai": Provider(
         "openai", "https://api.openai.com/v1", ("FLASHKIT_API_KEY", "OPENAI_API_KEY")
     ),
+    "anthropic": Provider(
+        "anthropic",
+        "https://api.anthropic.com/v1",
+        ("FLASHKIT_API_KEY", "ANTHROPIC_API_KEY"),
+        api="anthropic",
+    ),
     "sim": Provider("sim", "http://sim.flashkit.invalid/v1", ("FLASHKIT_API_KEY",), False),
 }
 """Provider presets: ``openrouter`` (default), ``openai`` (any OpenAI-compatible server with
-``base_url=``) and ``sim`` (flashkit's simulated upstream, in process; no key needed)."""
+``base_url=``), ``anthropic`` (the Messages API; any Messages server with ``base_url=``) and
+``sim`` (flashkit's simulated upstream, in process; no key needed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +89,10 @@ class ChatResult:
     ``attempts``: attempts made (1 = first try); ``latency``: seconds from the call to the answer
     (waits and retries included); ``limiter_wait``: seconds spent waiting for the limiter;
     ``hedged``: a hedge request was sent; ``finish_reason``, ``model`` and ``request_id`` as the
-    provider reported them; ``cached``: answered from the client's cache (then ``attempts`` is 0
-    and nothing was sent); ``raw``: the decoded response body.
+    provider reported them (Anthropic's ``stop_reason`` in OpenAI's terms: ``stop``,
+    ``length``, ``tool_calls``); ``cached``: answered from the client's cache (then
+    ``attempts`` is 0 and nothing was sent); ``raw``: the decoded response body (a stream's: the
+    answer its events add up to, in the API's non-streamed shape).
     """
 
     content: str
@@ -128,7 +139,7 @@ def breaker_handles(error: BaseException) -> bool:
     return isinstance(error, Exception)
 
 
-def malformed(what: str, response: httpx.Response | None = None) -> ExternalServiceError:
+def malformed(what: str, response: httpx2.Response | None = None) -> ExternalServiceError:
     details: dict[str, Any] = {}
     if response is not None:
         details["status_code"] = response.status_code

@@ -15,14 +15,14 @@ import math
 from collections import deque
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, cast
 
-import httpx
+import httpx2
 
 from flashkit._flow import run_async, run_sync
 from flashkit._headers import LimitInfo, parse_rate_limit_headers, retry_after_seconds
 from flashkit.clock import Clock, default_clock
-from flashkit.errors import RateLimitError, ValidationError
+from flashkit.errors import RateLimitError, ValidationError, _is_http_headers, _is_http_response
 from flashkit.ratelimit._base import (
     Grant,
     LimiterBase,
@@ -34,6 +34,9 @@ from flashkit.ratelimit._base import (
     nap_sync,
     settlement,
 )
+
+if TYPE_CHECKING:  # annotations only: httpx (0.x) need not be installed
+    import httpx
 
 __all__ = ["AdaptiveRateLimiter", "AdaptiveStats"]
 
@@ -300,7 +303,11 @@ class AdaptiveRateLimiter(LimiterBase):
 
     def observe(
         self,
-        response_or_headers: httpx.Response | httpx.Headers | Mapping[str, str],
+        response_or_headers: httpx2.Response
+        | httpx2.Headers
+        | httpx.Response
+        | httpx.Headers
+        | Mapping[str, str],
         status: int | None = None,
     ) -> None:
         """Learn from an upstream answer: its rate-limit headers and its status.
@@ -308,14 +315,16 @@ class AdaptiveRateLimiter(LimiterBase):
         ``status`` defaults to the response's; 429 counts as rate limited (with its
         ``retry-after``), 2xx/3xx as success, other statuses only contribute their headers.
         """
-        if isinstance(response_or_headers, httpx.Response):
-            headers = response_or_headers.headers
+        headers: httpx2.Headers | httpx.Headers
+        if _is_http_response(response_or_headers):  # httpx2's or httpx's
+            response = cast("httpx2.Response", response_or_headers)
+            headers = response.headers
             if status is None:
-                status = response_or_headers.status_code
-        elif isinstance(response_or_headers, httpx.Headers):
-            headers = response_or_headers
+                status = response.status_code
+        elif _is_http_headers(response_or_headers):
+            headers = cast("httpx2.Headers", response_or_headers)
         else:
-            headers = httpx.Headers(response_or_headers)
+            headers = httpx2.Headers(cast("Mapping[str, str]", response_or_headers))
         self.observe_limits(
             getattr(parse_rate_limit_headers(headers), self.unit),
             status=status,

@@ -1,8 +1,8 @@
 """flashkit.sim: a simulated OpenAI-compatible LLM upstream with injectable faults.
 
 >>> upstream = SimulatedUpstream(FaultProfile.preset("flaky"), seed=1, clock=clock)
->>> async with httpx.AsyncClient(transport=upstream.transport(), base_url="http://sim/v1",
-...                              headers={"Authorization": "Bearer sk-test"}) as client:
+>>> async with httpx2.AsyncClient(transport=upstream.transport(), base_url="http://sim/v1",
+...                               headers={"Authorization": "Bearer sk-test"}) as client:
 ...     response = await client.post("/chat/completions", json={"model": "m", "messages": [...]})
 >>> upstream.stats.ok, upstream.load.to_records()
 
@@ -14,7 +14,7 @@ and :func:`serve` (``flashkit sim serve``).
 It speaks what the official SDKs speak: ``POST /v1/chat/completions`` (``"stream": true``: server-
 sent ``chat.completion.chunk`` events), Anthropic's ``POST /v1/messages`` (plain or streamed) and
 ``GET /v1/models``. Besides HTTP-level faults it injects the network faults of
-:data:`NETWORK_FAULTS`, as the exceptions a real httpx client raises in process and on the socket
+:data:`NETWORK_FAULTS`, as the exceptions a real httpx2 client raises in process and on the socket
 over HTTP (see :mod:`flashkit.sim._network_faults`).
 """
 

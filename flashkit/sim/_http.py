@@ -1,13 +1,13 @@
 """The HTTP library the simulator's in-process side is written against: one import to swap.
 
-Every simulator module takes ``httpx`` from here (``from flashkit.sim._http import httpx``), so
-moving the simulated transports to httpx2 (the maintained continuation of httpx, same API:
-``AsyncBaseTransport``, ``AsyncByteStream``, ``Response``, the exception classes) is this one
-line: ``import httpx2 as httpx``.
+Every simulator module takes ``httpx`` from here (``from flashkit.sim._http import httpx``). It is
+httpx2 (the maintained continuation of httpx, same API: ``AsyncBaseTransport``,
+``AsyncByteStream``, ``Response``, the exception classes), which flashkit's client is built on:
+the simulated transports plug into an ``httpx2.AsyncClient`` (and so into the official SDKs).
 """
 
 from __future__ import annotations
 
-import httpx as httpx
+import httpx2 as httpx
 
 __all__ = ["httpx"]

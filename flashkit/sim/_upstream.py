@@ -161,7 +161,7 @@ class SimulatedUpstream:
     deterministic from ``seed`` and timed by ``clock`` (default:
     :func:`flashkit.clock.default_clock`).
 
-    Use it in process with ``httpx.AsyncClient(transport=upstream.transport(),
+    Use it in process with ``httpx2.AsyncClient(transport=upstream.transport(),
     base_url="http://sim/v1")`` (a stream: ``client.stream("POST", "/chat/completions",
     json={..., "stream": True})``, whose body arrives as the clock advances), or over HTTP via
     :attr:`asgi_app` (see :func:`serve`).
@@ -181,10 +181,9 @@ class SimulatedUpstream:
         if isinstance(profile, str):
             profile = FaultProfile.preset(profile)
         if not isinstance(profile, FaultProfile):
-            raise ValidationError(
+            raise ValidationError.config(
                 f"SimulatedUpstream(profile={profile!r}): needs a FaultProfile or a preset name",
-                code="invalid_config",
-                details={"field": "profile"},
+                field="profile",
             )
         self.profile = profile
         self.seed = seed

@@ -5,11 +5,12 @@ A call is a ``flashkit.client.chat`` span (kind CLIENT) with attributes ``model`
 ``tokens.input``, ``tokens.output``, and one ``flashkit.attempt`` event per attempt with
 ``attempt`` (1-based), ``delay`` (s slept before it), ``retry_after`` (server hint, s),
 ``breaker.state``, ``ratelimit.wait`` (s), ``http.status_code``, ``timeout`` (s, the attempt
-timeout in force), ``hedge`` (``"sent"``, ``"won"`` or ``"skipped"``), ``error.type`` and
-``error.message``, each only when known. Hedges are also counted in ``flashkit.client.hedges``
-and the timeout in force is the gauge ``flashkit.client.attempt_timeout``. A failed call has
-status ERROR, ``error.type`` and an ``exception`` event. Every message placed in a span goes
-through :func:`flashkit.errors.redact`.
+timeout in force), ``hedge`` (``"sent"``, ``"won"`` or ``"skipped"``), ``ttft`` (s, a stream's
+time to first token: from sending the attempt's request to its first text delta),
+``error.type`` and ``error.message``, each only when known. Hedges are also counted in
+``flashkit.client.hedges`` and the timeout in force is the gauge
+``flashkit.client.attempt_timeout``. A failed call has status ERROR, ``error.type`` and an
+``exception`` event. Every message placed in a span goes through :func:`flashkit.errors.redact`.
 """
 
 from __future__ import annotations
@@ -57,10 +58,11 @@ def _error_message(error: BaseException | str) -> str:
 
 
 class AttemptFields(TypedDict, total=False):
-    """What an attempt's event records: ``delay``, ``retry_after``, ``limiter_wait`` and
-    ``timeout`` (the attempt timeout in force) in seconds, the breaker's state, the HTTP status,
-    what happened to a hedge (``"sent"``, ``"won"``, ``"skipped"``), the error (an exception or
-    a short code). None (or absent): unknown, left out."""
+    """What an attempt's event records: ``delay``, ``retry_after``, ``limiter_wait``,
+    ``timeout`` (the attempt timeout in force) and ``ttft`` (a stream's time to first token) in
+    seconds, the breaker's state, the HTTP status, what happened to a hedge (``"sent"``,
+    ``"won"``, ``"skipped"``), the error (an exception or a short code). None (or absent):
+    unknown, left out."""
 
     delay: float
     retry_after: float | None
@@ -69,6 +71,7 @@ class AttemptFields(TypedDict, total=False):
     status_code: int | None
     timeout: float | None
     hedge: str | None
+    ttft: float | None
     error: BaseException | str | None
 
 
@@ -89,6 +92,7 @@ def record_attempt(span: Span, *, attempt: int, **fields: Unpack[AttemptFields])
     status_code = fields.get("status_code")
     timeout = fields.get("timeout")
     hedge = fields.get("hedge")
+    ttft = fields.get("ttft")
     error = fields.get("error")
     if retry_after is not None:
         attributes["retry_after"] = float(retry_after)
@@ -106,6 +110,8 @@ def record_attempt(span: Span, *, attempt: int, **fields: Unpack[AttemptFields])
         attributes["timeout"] = float(timeout)
     if hedge is not None:
         attributes["hedge"] = _safe_text(hedge)
+    if ttft is not None:
+        attributes["ttft"] = float(ttft)
     if error is not None:
         attributes["error.type"] = (
             _safe_text(error) if isinstance(error, str) else type(error).__name__

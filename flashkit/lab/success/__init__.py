@@ -1,12 +1,14 @@
 """The success metrics, measured: the original pipeline's resilience policy (``before``), the
-flashcard pipeline as ``flashkit process`` runs it (``after``) and a peer-library policy
-(``peer``), on the same two-stage workload against the same simulated upstream, each on its own
-virtual clock, deterministic from a seed. ``before`` and ``peer`` need the ``bench`` extra.
+flashcard pipeline as ``flashkit process`` runs it (``after``), a peer-library policy (``peer``)
+and the official openai SDK with its defaults (``sdk``), on the same two-stage workload against
+the same simulated upstream, each on its own virtual clock, deterministic from a seed.
+``before``, ``peer`` and ``sdk`` need the ``bench`` extra.
 
 - :mod:`~flashkit.lab.success.workload`: the words and their two requests;
 - :mod:`~flashkit.lab.success.original`: the original pipeline's policy, reproduced;
 - :mod:`~flashkit.lab.success.policies`: the ``after`` and ``peer`` policies, and
   :func:`run_policy`;
+- :mod:`~flashkit.lab.success.sdk`: the ``sdk`` policy (``openai.AsyncOpenAI``);
 - :mod:`~flashkit.lab.success.metrics`: the metrics, the ideal time and the verdicts;
 - :mod:`~flashkit.lab.success.report`: :func:`run_success_metrics`, all of it at once;
 - :mod:`~flashkit.lab.success.versus`: ``after`` against the ``peer`` across seeds and
@@ -47,7 +49,12 @@ from flashkit.lab.success.policies import (
     after_settings,
     run_policy,
 )
-from flashkit.lab.success.report import SuccessReport, run_success_metrics
+from flashkit.lab.success.report import (
+    COMPARED,
+    SuccessReport,
+    compare_policies,
+    run_success_metrics,
+)
 from flashkit.lab.success.versus import (
     P99_TARGETS,
     REQUESTS_TARGET,
@@ -63,6 +70,8 @@ __all__ = [
     "API_KEY",
     "at_least",
     "BASE_URL",
+    "compare_policies",
+    "COMPARED",
     "ideal_seconds",
     "load_words",
     "ORIGINAL_RPM",

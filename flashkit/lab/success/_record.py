@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 import pandas as pd
 
 from flashkit.clock import Clock
@@ -39,21 +39,21 @@ class Exchange:
     retry_after: float | None
 
 
-class RecordingTransport(httpx.AsyncBaseTransport):
+class RecordingTransport(httpx2.AsyncBaseTransport):
     """Wraps the simulator's transport; logs send time, answer time, status and retry-after."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, clock: Clock) -> None:
+    def __init__(self, inner: httpx2.AsyncBaseTransport, clock: Clock) -> None:
         self.inner = inner
         self.clock = clock
         self.log: list[Exchange] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         sent = self.clock.now()
         status = -1
         retry_after: float | None = None
         try:
             response = await self.inner.handle_async_request(request)
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             status = 0
             raise
         else:
@@ -141,7 +141,7 @@ def describe(exc: BaseException) -> str:
         if name == "RetryExhausted" and exc.__cause__ is not None:
             return f"RetryExhausted({describe(exc.__cause__)})"
         return f"{name}({code})" if code else (f"{name}({last})" if last else name)
-    status = getattr(exc, "status", None)
-    if isinstance(exc, httpx.HTTPStatusError):
+    status = getattr(exc, "status", None) or getattr(exc, "status_code", None)  # openai's
+    if isinstance(exc, httpx2.HTTPStatusError):
         status = exc.response.status_code
     return f"{name}({status})" if status else name

@@ -10,7 +10,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
-import httpx
+import httpx2
 
 from flashkit.clock import Clock, VirtualClock
 from flashkit.flashcards.stages import TSV_COLUMNS, parse_stage1
@@ -192,7 +192,7 @@ async def run_before(
 
     bucket = OriginalTokenBucket(clock=clock)
     breaker = OriginalCircuitBreaker(5, 60.0, clock=clock)
-    http = httpx.AsyncClient(
+    http = httpx2.AsyncClient(
         base_url=BASE_URL,
         transport=transport,
         headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"},
@@ -201,7 +201,7 @@ async def run_before(
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(3),
         wait=jittered_exponential(rng, initial=1.0, maximum=10.0),
-        retry=tenacity.retry_if_exception_type((httpx.HTTPError, OriginalAPIError)),
+        retry=tenacity.retry_if_exception_type((httpx2.HTTPError, OriginalAPIError)),
         reraise=True,
     )
     async def make_request(content: bytes) -> Any:
@@ -212,7 +212,7 @@ async def run_before(
                 async with asyncio.timeout(30.0):  # the original's 30 s client timeout
                     response = await http.post("/chat/completions", content=content)
             except TimeoutError as error:
-                raise httpx.ReadTimeout("timed out") from error
+                raise httpx2.ReadTimeout("timed out") from error
             if response.status_code >= 400:  # 429 and 401 too; retry-after ignored
                 raise OriginalAPIError(f"HTTP {response.status_code}", response.status_code)
             try:

@@ -13,7 +13,12 @@ from flashkit.sim import FaultProfile
 
 __all__ = ["plot_latency_cdf", "plot_load"]
 
-_COLORS: Final = {"before": "tab:red", "after": "tab:green", "peer": "tab:blue"}
+_COLORS: Final = {
+    "before": "tab:red",
+    "after": "tab:green",
+    "peer": "tab:blue",
+    "sdk": "tab:purple",
+}
 
 
 def plot_load(report: SuccessReport, profile: FaultProfile | None = None) -> Any:

@@ -5,7 +5,9 @@ simulated upstream in virtual time:
 - ``after``: the flashcard pipeline itself, as ``flashkit process`` runs it by default
   (:func:`run_after`);
 - ``peer``: tenacity + aiolimiter + pybreaker as their own documentation assembles them
-  (:func:`run_peer`; needs the ``bench`` extra).
+  (:func:`run_peer`; needs the ``bench`` extra);
+- ``sdk``: the official openai SDK with its defaults under a semaphore
+  (:func:`flashkit.lab.success.sdk.run_sdk`; needs the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import asdict
 from typing import Any, Final, Literal, Self
 from unittest import mock
 
-import httpx
+import httpx2
 import pandas as pd
 
 from flashkit.client import LLMClient
@@ -60,9 +62,9 @@ __all__ = [
     "VIRTUAL_EPOCH",
 ]
 
-Policy = Literal["before", "after", "peer"]
+Policy = Literal["before", "after", "peer", "sdk"]
 AfterLimiter = Literal["sized", "adaptive", "none"]
-POLICIES: Final[tuple[Policy, ...]] = ("before", "after", "peer")
+POLICIES: Final[tuple[Policy, ...]] = ("before", "after", "peer", "sdk")
 VIRTUAL_EPOCH: Final = _dt.datetime(2025, 1, 1, tzinfo=_dt.UTC)
 """The wall-clock moment of virtual time 0, for pybreaker (see :func:`_pybreaker_on`)."""
 
@@ -247,7 +249,7 @@ async def run_peer(
                     counts["trips"] += 1
 
     breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60, listeners=[_Count()])
-    http = httpx.AsyncClient(
+    http = httpx2.AsyncClient(
         base_url=BASE_URL,
         transport=transport,
         headers={"authorization": f"Bearer {API_KEY}"},
@@ -310,6 +312,10 @@ def run_policy(
             )
         if policy == "peer":
             return await run_peer(upstream, transport, clock, workload, words, random.Random(seed))
+        if policy == "sdk":
+            from flashkit.lab.success.sdk import run_sdk  # the bench extra's openai
+
+            return await run_sdk(transport, clock, workload, words, random.Random(seed))
         raise ValueError(f"policy={policy!r}: use one of {POLICIES}")
 
     records, trips, notes = run_virtual(main(), clock=clock)

@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -27,7 +27,35 @@ from flashkit.lab.success.policies import POLICIES, AfterLimiter, Policy, run_po
 from flashkit.lab.success.workload import Workload
 from flashkit.sim import FaultProfile
 
-__all__ = ["run_success_metrics", "SuccessReport"]
+__all__ = ["COMPARED", "compare_policies", "run_success_metrics", "SuccessReport"]
+
+COMPARED: tuple[str, ...] = (
+    "failed",
+    "error_rate",
+    "p50_time_to_card",
+    "p99_time_to_card",
+    "p99_call",
+    "breaker_trips",
+    "upstream_requests",
+    "amplification",
+    "rate_limited_429",
+    "sent_in_retry_after",
+    "completion_seconds",
+)
+"""The metrics :func:`compare_policies` puts side by side (times in virtual seconds)."""
+
+
+def compare_policies(metrics: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
+    """``first`` against ``second`` on the :data:`COMPARED` metrics of a metrics table (one row
+    per policy): one row per metric with both values and ``ratio`` = first / second (NaN when
+    the second is 0 or either is infinite; lower is better for every metric here)."""
+    rows = []
+    for metric in COMPARED:
+        a = float(cast("float", metrics.at[first, metric]))
+        b = float(cast("float", metrics.at[second, metric]))
+        finite = math.isfinite(a) and math.isfinite(b) and b != 0.0
+        rows.append({"metric": metric, first: a, second: b, "ratio": a / b if finite else math.nan})
+    return pd.DataFrame(rows).set_index("metric")
 
 
 @dataclass
@@ -46,9 +74,18 @@ class SuccessReport:
     verdicts: TargetVerdicts | None
     data_layer: DataLayerReport | None = None
 
+    def versus(self, first: str = "after", second: str = "sdk") -> pd.DataFrame | None:
+        """:func:`compare_policies` of two policies that ran (None if either did not): by
+        default flashkit's ``after`` against the official openai SDK."""
+        if first not in self.metrics.index or second not in self.metrics.index:
+            return None
+        return compare_policies(self.metrics, first, second)
+
     def to_json(self) -> dict[str, Any]:
-        """A JSON-safe summary (metrics, verdicts, workload, upstream counters)."""
+        """A JSON-safe summary (metrics, verdicts, workload, upstream counters, and
+        ``after_vs_sdk``: :meth:`versus`, None unless both ran)."""
         metrics = self.metrics.reset_index().replace({math.inf: None})
+        versus = self.versus()
         return {
             "profile": self.profile,
             "seed": self.seed,
@@ -59,6 +96,11 @@ class SuccessReport:
             "upstream": {name: run.stats for name, run in self.runs.items()},
             "notes": {name: run.notes for name, run in self.runs.items()},
             "data_layer": self.data_layer.to_json() if self.data_layer is not None else None,
+            "after_vs_sdk": (
+                None
+                if versus is None
+                else json.loads(versus.reset_index().to_json(orient="records"))
+            ),
         }
 
 
