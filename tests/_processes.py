@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -43,15 +44,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def sim_server(*args: str, timeout: float = 30.0) -> Iterator[str]:
-    """``flashkit sim serve --port P *args`` in its own process; yields ``http://127.0.0.1:P``
-    once it says it is running, and stops it at the end. Its log is drained in a thread."""
+def sim_server(*args: str, timeout: float = 30.0, stop_timeout: float = 10.0) -> Iterator[str]:
+    """``flashkit sim serve --port P *args`` in its own process and process group, stdin from
+    /dev/null; yields ``http://127.0.0.1:P`` once it logs that it is running (waiting at most
+    ``timeout`` seconds), and at the end stops the whole group (SIGTERM, then SIGKILL if it has
+    not gone within ``stop_timeout`` seconds). Its log is drained in a thread."""
     port = free_port()
     proc = subprocess.Popen(
         [*FLASHKIT, "sim", "serve", "--port", str(port), *args],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,
+        start_new_session=True,  # its own process group, stopped as a whole
     )
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
@@ -65,13 +70,20 @@ def sim_server(*args: str, timeout: float = 30.0) -> Iterator[str]:
                 assert left > 0, f"sim serve did not start within {timeout:g} s: {seen!r}"
                 assert proc.poll() is None, f"sim serve exited: {seen!r}"
                 if selector.select(timeout=left):
-                    seen += os.read(fd, 65536)
-        drain = threading.Thread(target=proc.stderr.read, daemon=True)
-        drain.start()
+                    chunk = os.read(fd, 65536)
+                    assert chunk or proc.poll() is None, f"sim serve closed stderr: {seen!r}"
+                    seen += chunk
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain the log
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=stop_timeout)
         proc.stderr.close()
 
 
