@@ -35,9 +35,11 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-# Coverage here, not in addopts: a single `pytest tests/test_x.py` stays fast.
+# Coverage and the two workers here, not in addopts: a single `pytest tests/test_x.py` stays
+# fast and plain. Whole files per worker (--dist loadfile): a module's fixtures run once.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(BIN)/pytest --cov=flashkit --cov-report=term
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --cov=flashkit --cov-report=term
 
 test: lint typecheck imports pytest
 

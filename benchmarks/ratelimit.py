@@ -48,7 +48,6 @@ from primitives import async_loop, measure_interleaved, sync_loop
 
 from flashkit import Grant, RateLimiter, ShardedRateLimiter
 from flashkit.lab.ratelimit import burst_times, max_in_window
-from flashkit.ratelimit._base import new_result
 
 HUGE = 10**9
 
@@ -75,7 +74,7 @@ class SharedPathLimiter(RateLimiter):
             finally:
                 self._release_lock()
             if left >= 0.0:
-                return new_result(Grant, (key, count, 0.0, now, self))  # as acquire builds it
+                return Grant((key, count, 0.0, now, self))  # as acquire builds it
         return await super().acquire(key, count, timeout=timeout)
 
 

@@ -806,7 +806,7 @@ def test_refunds_that_pull_waiters_forward_keep_the_window_strict(data: st.DataO
             if form == "grant":
                 delta = await limiter.adjust(grant, actual)
             elif form == "rebuilt":  # a grant rebuilt by hand from when it was admitted
-                rebuilt = Grant("default", estimate, 0.0, now, limiter)
+                rebuilt = Grant(("default", estimate, 0.0, now, limiter))
                 delta = await limiter.adjust(rebuilt, actual)
             else:
                 delta = await limiter.adjust("default", actual, estimated_count=estimate)
@@ -1451,10 +1451,10 @@ def test_multilimit_acquire_waits_for_the_slowest_limit() -> None:
         return await both.acquire(count=[1, 20])
 
     grant = run_virtual(main(), clock=clock)
-    assert grant == Grant("default", (1.0, 20.0), 60.0, 60.0, both)
+    assert grant == Grant(("default", (1.0, 20.0), 60.0, 60.0, both))
     assert clock.now() == 60.0
-    assert both.acquire_sync(count=[1, 10]) == Grant("default", (1.0, 10.0), 0.0, 60.0, both)
-    assert both.acquire_sync(count=[1, 990]) == Grant("default", (1.0, 990.0), 60.0, 120.0, both)
+    assert both.acquire_sync(count=[1, 10]) == Grant(("default", (1.0, 10.0), 0.0, 60.0, both))
+    assert both.acquire_sync(count=[1, 990]) == Grant(("default", (1.0, 990.0), 60.0, 120.0, both))
     assert clock.now() == 120.0
     with pytest.raises(RateLimitError) as caught:
         both.acquire_sync(count=[1, 100], timeout=1.0)
@@ -1664,7 +1664,8 @@ def test_stats_count_admissions_rejections_and_waits() -> None:
 
 
 def test_results_are_named_tuples_with_remaining_and_reset() -> None:
-    """try_acquire returns RateLimitResult(allowed, remaining, retry_after, reset_at)."""
+    """try_acquire returns RateLimitResult((allowed, remaining, retry_after, reset_at)) and
+    acquire a Grant((key, count, waited, admitted_at, limiter)): tuples, fields read-only."""
     clock = VirtualClock(100.0)
     limiter = RateLimiter(3, 30.0, clock=clock)
     result = limiter.try_acquire(count=2)
@@ -1675,7 +1676,19 @@ def test_results_are_named_tuples_with_remaining_and_reset() -> None:
         "retry_after": 0.0,
         "reset_at": 130.0,
     }
+    assert result == RateLimitResult((True, 1.0, 0.0, 130.0)) == (True, 1.0, 0.0, 130.0)
+    assert (result.allowed, result.remaining, result.retry_after, result.reset_at) == result
+    assert repr(result) == (
+        "RateLimitResult(allowed=True, remaining=1.0, retry_after=0.0, reset_at=130.0)"
+    )
     assert "RateLimiter(3, 30" in repr(limiter)
+    grant = limiter.acquire_sync()
+    assert isinstance(grant, Grant)
+    assert (grant.key, grant.count, grant.waited, grant.admitted_at, grant.limiter) == grant
+    assert grant == ("default", 1, 0.0, 100.0, limiter)
+    assert repr(grant).startswith("Grant(key='default', count=1, waited=0.0, admitted_at=100.0")
+    with pytest.raises(AttributeError):
+        grant.waited = 1.0  # type: ignore[misc]
 
 
 # --- 13. constructor validation ---------------------------------------------------------------

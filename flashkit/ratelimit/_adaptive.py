@@ -379,9 +379,9 @@ class AdaptiveRateLimiter(LimiterBase):
             at = self._earliest(now, n)
             if at <= now + _EPS and not self._waiters:
                 self._commit(now, n)
-                return RateLimitResult(True, self._remaining(now), 0.0, self._tat)
+                return RateLimitResult((True, self._remaining(now), 0.0, self._tat))
             self._counters.rejected += 1
-            return RateLimitResult(False, 0.0, max(0.0, at - now), self._tat)
+            return RateLimitResult((False, 0.0, max(0.0, at - now), self._tat))
 
     def _remaining(self, now: float) -> float:
         slack = now - (self._tat - self.burst / self._rps)
@@ -414,7 +414,7 @@ class AdaptiveRateLimiter(LimiterBase):
             if not self._waiters and self._earliest(now, n) <= now + _EPS:
                 self._commit(now, n)
                 self._counters.waits[0] += 1
-                return Grant(key, n, 0.0, now, self)
+                return Grant((key, n, 0.0, now, self))
             expected = self._earliest(now, n) - now + self._waiters * n / self._rps
             if timeout is not None and expected > timeout + _EPS:
                 self._counters.rejected += 1
@@ -439,7 +439,7 @@ class AdaptiveRateLimiter(LimiterBase):
                 if at <= now + _EPS:
                     self._commit(now, n)
                     self._counters.waited(now - start)
-                    return Grant(key, n, now - start, now, self)
+                    return Grant((key, n, now - start, now, self))
             yield Nap(self.clock, at, at - now)
 
     def _leave(self) -> None:

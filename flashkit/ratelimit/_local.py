@@ -35,7 +35,6 @@ from flashkit.ratelimit._base import (
     check_number,
     nap_async,
     nap_sync,
-    new_result,
     settlement,
     units_for,
 )
@@ -335,7 +334,7 @@ class RateLimiter(LimiterBase):
             finally:
                 self._release_lock()
             if left >= 0.0:
-                return new_result(RateLimitResult, (True, left, 0.0, now + self.period))
+                return RateLimitResult((True, left, 0.0, now + self.period))
         n = count if fast else self._units(count, f"{self.name}.try_acquire")
         now = self._now()
         self._acquire_lock()
@@ -347,14 +346,12 @@ class RateLimiter(LimiterBase):
                 counters.admitted += 1
                 counters.admitted_units += n
                 if self._sliding:
-                    return new_result(
-                        RateLimitResult, (True, self.rate - state.total, 0.0, now + self.period)
-                    )
+                    return RateLimitResult((True, self.rate - state.total, 0.0, now + self.period))
                 remaining, reset = self._algo.level(state, now)
-                return new_result(RateLimitResult, (True, remaining, 0.0, reset))
+                return RateLimitResult((True, remaining, 0.0, reset))
             counters.rejected += 1
             remaining, reset = self._algo.level(state, now)
-            return new_result(RateLimitResult, (False, remaining, at - now, reset))
+            return RateLimitResult((False, remaining, at - now, reset))
         finally:
             self._release_lock()
 
@@ -415,13 +412,13 @@ class RateLimiter(LimiterBase):
                         counters = self._counters
                         counters.unwaited += 1
                         counters.admitted_units += count
-                        return new_result(Grant, (key, count, 0.0, now, self))
+                        return Grant((key, count, 0.0, now, self))
             finally:
                 self._release_lock()
         wait, state, handle, n, at = self._begin(key, count, timeout, "acquire")
         if wait > 0:
             return await run_async(self._waiting(key, state, handle, n, at, wait, True), nap_async)
-        return Grant(key, n, wait, at, self)
+        return Grant((key, n, wait, at, self))
 
     def acquire_sync(
         self, key: str = "default", count: float = 1, *, timeout: float | None = None
@@ -430,7 +427,7 @@ class RateLimiter(LimiterBase):
         wait, state, handle, n, at = self._begin(key, count, timeout, "acquire_sync")
         if wait > 0:
             return run_sync(self._waiting(key, state, handle, n, at, wait, False), nap_sync)
-        return Grant(key, n, wait, at, self)
+        return Grant((key, n, wait, at, self))
 
     def _waiting(
         self, key: str, state: Any, handle: Any, n: float, at: float, wait: float, park: bool
@@ -454,7 +451,7 @@ class RateLimiter(LimiterBase):
             with self._lock:
                 self._give_back(state, handle, n)
             raise
-        return Grant(key, n, at - start, at, self)
+        return Grant((key, n, at - start, at, self))
 
     def reserve(
         self, key: str = "default", count: float = 1, *, max_wait: float = 300.0

@@ -156,7 +156,7 @@ class MultiLimit(LimiterBase):
                     limit._counters.rejected += 1
                 left, full = limit._algo.level(state, now)
                 remaining, reset = min(remaining, left), max(reset, full)
-        return RateLimitResult(allowed, remaining, 0.0 if allowed else at - now, reset)
+        return RateLimitResult((allowed, remaining, 0.0 if allowed else at - now, reset))
 
     def reserve(
         self, key: str = "default", count: float | Sequence[float] = 1, *, max_wait: float = 300.0
@@ -224,7 +224,7 @@ class MultiLimit(LimiterBase):
     def _granted(self, key: str, reservation: MultiReservation) -> Grant:
         counts = tuple(part.count for part in reservation.parts)
         due = reservation.execute_at
-        return Grant(key, counts, due - reservation.parts[0].reserved_at, due, self)
+        return Grant((key, counts, due - reservation.parts[0].reserved_at, due, self))
 
     def adjust_sync(
         self,
@@ -250,7 +250,7 @@ class MultiLimit(LimiterBase):
         estimates = self._counts(estimate, "adjust")
         actuals = self._actuals(actual_count)
         return sum(
-            limit.adjust_sync(Grant(key, e, 0.0, at, limit), a)
+            limit.adjust_sync(Grant((key, e, 0.0, at, limit)), a)
             for limit, a, e in zip(self.limits, actuals, estimates, strict=True)
         )
 

@@ -180,7 +180,7 @@ class RedisRateLimiter(LimiterBase):
         """
         n = self._units(count, "acquire")
         decision = await self._decide_async(key, n, timeout, True)
-        return Grant(key, n, decision.waited, decision.server_time, self)
+        return Grant((key, n, decision.waited, decision.server_time, self))
 
     def acquire_sync(
         self, key: str = "default", count: float = 1, *, timeout: float | None = None
@@ -188,7 +188,7 @@ class RedisRateLimiter(LimiterBase):
         """Blocking twin of :meth:`acquire`."""
         n = self._units(count, "acquire_sync")
         decision = self._decide_sync(key, n, timeout, True)
-        return Grant(key, n, decision.waited, decision.server_time, self)
+        return Grant((key, n, decision.waited, decision.server_time, self))
 
     async def adjust(
         self, target: Grant | str, actual_count: float, *, estimated_count: float | None = None

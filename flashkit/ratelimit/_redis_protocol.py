@@ -187,7 +187,7 @@ class Decision(NamedTuple):
     source: Source
 
     def result(self) -> RateLimitResult:
-        return RateLimitResult(self.allowed, self.remaining, self.retry_after, self.reset_at)
+        return RateLimitResult((self.allowed, self.remaining, self.retry_after, self.reset_at))
 
 
 # --- keys -----------------------------------------------------------------------------------
