@@ -122,6 +122,11 @@ class RetryConfig:
     - ``attempt_timeout``: seconds per attempt; async attempts are cancelled (None: unbounded).
     - ``respect_retry_after=True``, ``max_retry_after=60.0``, ``retry_after_jitter=0.1``:
       server hints as floors, their ceiling, and the jitter above them (fraction of the hint).
+    - ``backoff_from_start=False``: count each delay from the start of the failed attempt
+      instead of its end, so an attempt that took longer to fail than the delay drawn is
+      retried at once (a server hint still counts from the answer). The backoff then spaces
+      the starts of attempts, which is what keeps their rate down; a slow failure has spaced
+      itself already.
     - ``budget``: a shared :class:`~flashkit.budget.RetryBudget`.
     - ``on_retry(event)`` / ``on_giveup(event)``: hooks receiving a :class:`RetryEvent`.
     - ``clock``: a :class:`~flashkit.clock.Clock` (default: :func:`flashkit.clock.default_clock`).
@@ -142,6 +147,7 @@ class RetryConfig:
     respect_retry_after: bool = True
     max_retry_after: float = 60.0
     retry_after_jitter: float = 0.1
+    backoff_from_start: bool = False
     budget: RetryBudget | None = None
     on_retry: Callable[[RetryEvent], None] | None = None
     on_giveup: Callable[[RetryEvent], None] | None = None

@@ -78,7 +78,10 @@ class RetrySettings:
     (``finagle``: 20 % of requests plus 10/s; ``grpc``; ``aws``; ``none``); ``breaker_wait``:
     seconds a call may wait in all for an open circuit breaker (600: it rides out an outage the
     breaker detected without spending attempts or retry tokens on rejections; 0: rejected at
-    once)."""
+    once); ``backoff_from_start``: each delay counts from the start of the failed attempt, so
+    an attempt slower to fail than the delay drawn is retried at once (on: a brownout's slow
+    5xx are not made slower still by the backoff; ``retry-after`` still counts from the
+    answer; see ``docs/design/retry.md``)."""
 
     max_attempts: int = 10
     initial_delay: float = 1.0
@@ -89,6 +92,7 @@ class RetrySettings:
     respect_retry_after: bool = True
     budget: BudgetName = "finagle"
     breaker_wait: float = 600.0
+    backoff_from_start: bool = True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -386,6 +390,7 @@ def original_settings() -> Settings:
         "retry.respect_retry_after": False,
         "retry.budget": "none",
         "retry.breaker_wait": 0.0,
+        "retry.backoff_from_start": False,
         "breaker.failure_threshold": 0.5,
         "breaker.min_throughput": 5,
         "breaker.sampling_duration": 60.0,

@@ -202,6 +202,7 @@ def build_client(
         Jitter(retry.jitter),
         respect_retry_after=retry.respect_retry_after,
         max_retry_after=retry.max_retry_after,
+        backoff_from_start=retry.backoff_from_start,
         deadline=settings.hedging.deadline,
         on_retry=on_retry,
         rng=rng if rng is not None else random.Random(),

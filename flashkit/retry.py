@@ -56,11 +56,20 @@ _NEVER_RETRIED: Final = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, 
 class _RetryState:
     """The retry decision, shared by every form (decorator, block, sync and async)."""
 
-    __slots__ = ("attempt", "config", "last_outcome", "last_timeout", "previous_delay", "start")
+    __slots__ = (
+        "attempt",
+        "attempt_start",
+        "config",
+        "last_outcome",
+        "last_timeout",
+        "previous_delay",
+        "start",
+    )
 
     def __init__(self, config: RetryConfig, start: float) -> None:
         self.config = config
         self.start = start
+        self.attempt_start = start  # when the attempt in progress began (backoff_from_start)
         self.attempt = 1
         self.previous_delay: float | None = None
         self.last_timeout = False
@@ -69,6 +78,10 @@ class _RetryState:
 
     def elapsed(self) -> float:
         return self.config.clock.now() - self.start
+
+    def begin_attempt(self) -> None:
+        """A retry starts now (its predecessor's delay is over)."""
+        self.attempt_start = self.config.clock.now()
 
     def attempt_timeout(self) -> tuple[float | None, bool]:
         """Seconds the next async attempt may take, and whether the deadline is what binds."""
@@ -143,6 +156,8 @@ class _RetryState:
             self._give_up("attempts" if error is not None else "result", error, result, hint)
         delay = config.calculate_delay(self.attempt - 1, previous=self.previous_delay)
         self.previous_delay = delay
+        if config.backoff_from_start:  # the failed attempt's own time counts towards the delay
+            delay = max(0.0, delay - (config.clock.now() - self.attempt_start))
         if hint is not None:
             if hint > config.max_retry_after:
                 self._give_up("retry_after_too_long", error, result, hint)
@@ -233,6 +248,7 @@ def _sync_retry_loop(
     while True:
         if delay > 0:
             sleep(delay)
+        state.begin_attempt()
         error: BaseException | None = None
         try:
             result = fn(*args, **kwargs)
@@ -287,6 +303,7 @@ async def _async_retry_loop(
     while True:
         if delay > 0:
             await sleep(delay)
+        state.begin_attempt()
         ok, value = await _async_attempt(state, fn, args, kwargs)
         if not ok:
             delay = value
@@ -529,7 +546,7 @@ class RetryContext:
                 return
             if delay > 0:
                 sleep(delay)
-            attempt = self._current = Attempt(attempt.number + 1)
+            attempt = self._next(attempt)
 
     async def __aiter__(self) -> AsyncIterator[Attempt]:
         attempt = self._begin()
@@ -542,7 +559,14 @@ class RetryContext:
                 return
             if delay > 0:
                 await sleep(delay)
-            attempt = self._current = Attempt(attempt.number + 1)
+            attempt = self._next(attempt)
+
+    def _next(self, attempt: Attempt) -> Attempt:
+        """The attempt after ``attempt``, starting now."""
+        if self._state is not None:
+            self._state.begin_attempt()
+        self._current = Attempt(attempt.number + 1)
+        return self._current
 
     def _arm(self, attempt: Attempt) -> None:
         state = self._state

@@ -318,6 +318,31 @@ def test_a_hedge_delay_from_latency_waits_for_samples_and_then_follows_them() ->
     assert (stats.sent, stats.won) == (1, 1)
 
 
+def test_a_request_sent_before_the_delay_is_known_gets_its_hedge_once_it_is() -> None:
+    """The first request takes 10 s. Twenty quick ones after it (0.17 s each, one at a time)
+    make the delay known at 3.41 s (the floor, 0.5 s). The first request, looked at again every
+    second, gets its copy at 4 s, which answers 0.17 s later: not left to its 10 s because it
+    was sent in the run's first seconds."""
+    clock = VirtualClock()
+    upstream = Scripted(lambda n: 10.0 if n == 0 else 0.17, clock=clock)
+
+    async def main() -> tuple[ChatResult, Any]:
+        async with upstream.client(hedge_after=FromLatency(0.9, floor=0.5)) as client:
+            slow = asyncio.create_task(client.chat(MESSAGES))
+            await asyncio.sleep(0.01)
+            for _ in range(20):
+                assert not (await client.chat(MESSAGES)).hedged
+            return await slow, client.hedge_stats
+
+    result, stats = run_virtual(main(), clock=clock)
+    assert upstream.sent[0] == 0.0
+    assert upstream.sent[21] == pytest.approx(4.0)  # the copy, at the first look past 3.41 s
+    assert result.hedged
+    assert result.latency == pytest.approx(4.17)
+    assert (stats.sent, stats.won) == (1, 1)
+    assert upstream.cancelled == 1  # the 10-s request
+
+
 def test_room_for_a_hedge_is_taken_from_every_limiter_or_from_none() -> None:
     """The request limiter has room, the token limiter is full: nothing is taken, and the
     reason is the limiter; with room in both, both are charged and the budget pays a token."""
@@ -386,6 +411,7 @@ def test_tuned_settings_hedge_and_derive_timeouts_and_the_switches_turn_them_off
     assert client._hedger is not None
     assert client._hedger.after == FromLatency(0.9, floor=1.0)
     assert client.breaker_wait == 600.0
+    assert client.retry_config.backoff_from_start  # a slow failure counts towards its backoff
     off = load_settings(
         environ={"FLASHKIT_HEDGING": "off", "FLASHKIT_ADAPTIVE_TIMEOUT": "off"},
         overrides=local,
@@ -401,3 +427,6 @@ def test_tuned_settings_hedge_and_derive_timeouts_and_the_switches_turn_them_off
     original = original_settings()
     assert (original.hedging.hedge, original.hedging.adaptive_timeout) == (False, False)
     assert original.retry.breaker_wait == 0.0
+    assert not build_client(
+        original.replace(local, "test"), api_key="k"
+    ).retry_config.backoff_from_start

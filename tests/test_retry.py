@@ -1424,3 +1424,88 @@ def test_async_result_predicate_on_the_fast_path() -> None:
     assert clock.now() == 3.0  # waited 1 s then 2 s
     assert budget.stats.requests == 1
     assert budget.stats.retries == 2
+
+
+# --- 13. backoff counted from the attempt's start ----------------------------------------------
+
+
+def _slow_failures(clock: VirtualClock, seconds: float, failures: int) -> Callable[[int], object]:
+    """Outcome: each of the first ``failures`` calls fails after ``seconds`` virtual seconds."""
+
+    def outcome(n: int) -> object:
+        if n <= failures:
+            VirtualClock.sleep_sync(clock, seconds)  # the attempt's own time, not a backoff
+            return ConnectionError(f"slow failure {n}")
+        return "ok"
+
+    return outcome
+
+
+@pytest.mark.parametrize(("from_start", "starts"), [(False, [0, 5, 12, 23]), (True, [0, 3, 7, 15])])
+def test_backoff_from_start_spaces_attempt_starts_not_failures(
+    clock: RecordingClock, from_start: bool, starts: list[float]
+) -> None:
+    """Attempts failing after 3 s with delays 2, 4, 8: counted from each failure they start at
+    0, 5, 12, 23; counted from each start at 0, 3 (2 s had passed: at once), 7 and 15, every
+    start its predecessor's plus its delay."""
+    script = Script(clock, _slow_failures(clock, 3.0, 3))
+    config = make(clock, max_attempts=4, initial_delay=2.0, jitter=False)
+    assert retry(config, backoff_from_start=from_start)(script.sync)() == "ok"
+    assert script.times == starts
+
+
+def test_backoff_from_start_in_every_form() -> None:
+    """The async decorator (with and without a deadline) and both block forms count from the
+    start too: attempts that take 3 s to fail, delays 2, 4, 8, start at 0, 3, 7 and 15."""
+    expected = [0.0, 3.0, 7.0, 15.0]
+
+    async def slow(times: list[float], clock: VirtualClock) -> str:
+        times.append(clock.now())
+        if len(times) <= 3:
+            await asyncio.sleep(3.0)
+            raise ConnectionError("slow failure")
+        return "ok"
+
+    for deadline in (None, 1000.0):
+        clock, times = VirtualClock(), []
+        config = make(clock, max_attempts=4, initial_delay=2.0, jitter=False, deadline=deadline)
+        wrapped = retry(config, backoff_from_start=True)(slow)
+        assert run(wrapped(times, clock), clock) == "ok"
+        assert times == expected
+
+    clock, times = VirtualClock(), []
+    config = make(clock, max_attempts=4, initial_delay=2.0, jitter=False, backoff_from_start=True)
+    script = Script(clock, _slow_failures(clock, 3.0, 3))
+    for attempt in retry_context(config):
+        with attempt:
+            script.sync()
+    assert script.times == expected
+
+    clock, times = VirtualClock(), []
+    config = make(clock, max_attempts=4, initial_delay=2.0, jitter=False, backoff_from_start=True)
+
+    async def block() -> None:
+        async for attempt in retry_context(config):
+            async with attempt:
+                await slow(times, clock)
+
+    run(block(), clock)
+    assert times == expected
+
+
+def test_backoff_from_start_still_counts_a_hint_from_the_answer(clock: RecordingClock) -> None:
+    """A 429 after a 10-s attempt asking for 5 s: the 1-s backoff is long spent, the hint is
+    not; the next attempt waits 5 s (and its jitter) after the answer."""
+
+    def outcome(n: int) -> object:
+        if n == 1:
+            VirtualClock.sleep_sync(clock, 10.0)
+            return RateLimitError("slow down", retry_after=5)
+        return "ok"
+
+    script = Script(clock, outcome)
+    config = make(clock, initial_delay=1.0, jitter=False, backoff_from_start=True)
+    assert retry(config)(script.sync)() == "ok"
+    assert 15.0 <= script.times[1] <= 15.5
+    assert len(clock.sleeps) == 1
+    assert 5.0 <= clock.sleeps[0] <= 5.5

@@ -25,7 +25,11 @@ from flashkit.budget import RetryBudget
 from flashkit.client._latency import FromLatency, LatencyTracker
 from flashkit.ratelimit import Limiter
 
-__all__ = ["HEDGE_SKIPS", "Hedger", "HedgeStats", "SkipReason", "has_room", "take_room"]
+__all__ = ["HEDGE_SKIPS", "RECHECK", "Hedger", "HedgeStats", "SkipReason", "has_room", "take_room"]
+
+RECHECK: Final = 1.0
+"""Seconds between looks at a hedge delay not known yet (too few samples) while a request
+runs: a request sent in a run's first seconds still gets its copy once it is known to be slow."""
 
 SkipReason = Literal["gate", "queued", "limiter", "budget"]
 HEDGE_SKIPS: Final[tuple[SkipReason, ...]] = ("gate", "queued", "limiter", "budget")
@@ -115,18 +119,19 @@ class Hedger:
         self,
         send: Callable[[], Awaitable[httpx2.Response]],
         admit: Callable[[], Awaitable[SkipReason | None]],
-        delay: float,
+        delay: float | None,
     ) -> tuple[httpx2.Response, Literal["sent", "won"] | SkipReason | None]:
         """``send()`` now; if it has not answered after ``delay`` seconds, ``admit()`` a hedge
-        and ``send()`` it. Returns the response used (the first good one; when neither is good,
-        the first to finish) and what happened to the hedge: ``"sent"`` (the first request's
-        answer was used), ``"won"`` (the hedge's), the reason it was skipped, or None (it was
-        not due: the first answered within ``delay``)."""
+        and ``send()`` it. ``delay`` None: not known yet (too few samples); :meth:`delay` is
+        asked again every :data:`RECHECK` seconds while the request runs, and the hedge is due
+        once the request has run longer than the delay it returns. Returns the response used
+        (the first good one; when neither is good, the first to finish) and what happened to
+        the hedge: ``"sent"`` (the first request's answer was used), ``"won"`` (the hedge's),
+        the reason it was skipped, or None (it was not due: the first answered before)."""
         first: asyncio.Future[httpx2.Response] = asyncio.ensure_future(send())
         tasks = [first]
         try:
-            done, _ = await asyncio.wait(tasks, timeout=delay)
-            if done:
+            if not await self._outlasts(first, delay):
                 return first.result(), None
             reason = await admit()
             if reason is not None:
@@ -155,3 +160,18 @@ class Hedger:
                     task.cancel()
                 elif not task.cancelled():
                     task.exception()  # retrieved: no "never retrieved" warnings
+
+    async def _outlasts(self, first: asyncio.Future[httpx2.Response], delay: float | None) -> bool:
+        """Wait until ``first`` answers (False) or its hedge is due (True): after ``delay``
+        seconds, or, while the delay is unknown (None), once :meth:`delay` knows one and
+        ``first`` has run longer (looking every :data:`RECHECK` seconds)."""
+        waited = 0.0
+        while delay is None or waited < delay:
+            step = RECHECK if delay is None else delay - waited
+            done, _ = await asyncio.wait((first,), timeout=step)
+            if done:
+                return False
+            waited += step
+            if delay is None:
+                delay = self.delay()
+        return True

@@ -107,8 +107,8 @@ class LatencyTracker:
 class FromLatency:
     """Seconds derived from recent attempts: their ``quantile`` times ``factor``, never below
     ``floor`` nor above ``ceiling`` seconds (None: unbounded). Until ``min_samples`` attempts
-    are known the value is ``ceiling`` (for a hedge delay, None: no hedge yet; for a timeout,
-    the configured one).
+    are known the value is ``ceiling`` (for a hedge delay, None: not known yet, looked up again
+    while the request runs; for a timeout, the configured one).
 
     ``LLMClient(attempt_timeout=FromLatency(0.99, factor=3.0, floor=10.0, ceiling=60.0))``: a
     stalled attempt is abandoned after three times the slowest percent of recent ones, at least

@@ -175,9 +175,10 @@ class LLMClient:
         deadline: seconds for a whole call, waits and retries included (None: unbounded).
         hedge_after: send a second request when the first has not answered after this many
             seconds, or after a :class:`~flashkit.client.FromLatency` of recent attempts (e.g.
-            ``FromLatency(0.9, floor=1.0)``; no hedge until enough are known); None: no
-            hedging. Only for idempotent calls, and only when the hedge delays no one: see the
-            module docstring; :attr:`hedge_stats` counts hedges sent, won and skipped.
+            ``FromLatency(0.9, floor=1.0)``; a request sent before enough are known gets its
+            hedge once they are and it has run longer); None: no hedging. Only for idempotent
+            calls, and only when the hedge delays no one: see the module docstring;
+            :attr:`hedge_stats` counts hedges sent, won and skipped.
         latency_window: how many recent attempts (successful, or timed out: at their timeout)
             the ``FromLatency`` bounds are taken from (100; none older than 300 s).
         cache: a :class:`ChatCache`: a request identical to an earlier one (host, model,
@@ -635,8 +636,7 @@ class LLMClient:
 
     async def _send(self, call: _Call) -> httpx2.Response:
         hedger = self._hedger
-        delay = hedger.delay() if hedger is not None and call.idempotent else None
-        if hedger is None or delay is None:
+        if hedger is None or not call.idempotent:
             return await self._http.post(self._url, content=call.content)
 
         def send() -> Awaitable[httpx2.Response]:
@@ -645,7 +645,7 @@ class LLMClient:
         async def admit() -> SkipReason | None:
             return await self._room_for_hedge(call)
 
-        response, hedge = await hedger.race(send, admit, delay)
+        response, hedge = await hedger.race(send, admit, hedger.delay())
         if hedge is None:
             return response
         sent = hedge == "sent" or hedge == "won"

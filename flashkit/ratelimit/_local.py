@@ -317,7 +317,8 @@ class RateLimiter(LimiterBase):
         counters = self._counters
         counters.admitted += 1
         counters.admitted_units += count
-        return float(self.rate - total)
+        left: float = self.rate - total  # floats both: no float() call on the hot path
+        return left
 
     def try_acquire(self, key: str = "default", count: float = 1) -> RateLimitResult:
         """Admit ``count`` units for ``key`` now if the limit allows; never waits.
