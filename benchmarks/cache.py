@@ -169,8 +169,10 @@ def hit_cost(repetitions: int, rounds: int) -> dict[str, Any]:
 
 
 # --- (b) compression ----------------------------------------------------------------------------
-def words() -> tuple[str, list[tuple[int, str, str]]]:
-    """(source, [(position, term, word type)]): the HSK list if present, else the lexicon."""
+def words(count: int) -> tuple[str, list[tuple[int, str, str]]]:
+    """(source, [(position, term, word type)]): the HSK list if present, else the lexicon's
+    headwords, repeated with new positions up to ``count`` (its 291 are fewer than a run needs;
+    a new position makes a new card)."""
     if HSK.exists():
         with HSK.open(encoding="utf-8", newline="") as handle:
             rows = [
@@ -180,7 +182,9 @@ def words() -> tuple[str, list[tuple[int, str, str]]]:
             ]
         return str(HSK), rows
     entries = lexicon().entries
-    return "flashkit.sim lexicon", [(i, e.term, e.pos) for i, e in enumerate(entries, 1)]
+    rows = [(i, entries[(i - 1) % len(entries)].term, entries[(i - 1) % len(entries)].pos)
+            for i in range(1, max(count, len(entries)) + 1)]  # fmt: skip
+    return "flashkit.sim lexicon", rows
 
 
 def card(position: int, term: str, kind: str) -> dict[str, Any]:
@@ -246,7 +250,7 @@ def _time_codec(
 
 
 def compression(test_items: int, train_items: int, repetitions: int) -> dict[str, Any]:
-    source, rows = words()
+    source, rows = words(train_items + test_items)
     rng = random.Random(0)
     rng.shuffle(rows)
     rows = rows[: train_items + test_items]
