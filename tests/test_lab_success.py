@@ -23,6 +23,7 @@ from flashkit.lab.success import (
     sent_in_retry_after,
     target_verdicts,
     versus_peer,
+    versus_summary,
 )
 from flashkit.lab.success.original import original_stage1
 from flashkit.sim import FaultProfile
@@ -196,6 +197,17 @@ def test_where_the_tail_is_latency_after_beats_the_peer_on_every_seed() -> None:
     assert list(frame["seed"]) == [1, 2, 3, 4, 5]
     assert frame["all_ok"].all(), frame.to_string()
     assert (frame["hedges_sent"] > 0).all()  # the latency tail is what hedging attacks
+    # requests per card delivered: the requests ratio scaled by cards delivered (peer / after)
+    cards = (frame["words"] - frame["peer_failed"]) / (frame["words"] - frame["after_failed"])
+    pd.testing.assert_series_equal(
+        frame["requests_per_card_ratio"], frame["requests_ratio"] * cards, check_names=False
+    )
+    assert frame["per_card_ok"].all()
+    summary = versus_summary(frame)
+    assert summary.loc[("arriving", "flaky"), "per_card_ok"] == 5
+    assert summary.loc[("arriving", "flaky"), "max_requests_per_card_ratio"] == pytest.approx(
+        frame["requests_per_card_ratio"].max()
+    )
 
 
 def test_all_words_at_once_after_is_never_behind_the_peer() -> None:

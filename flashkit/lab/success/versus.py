@@ -6,6 +6,8 @@ attempt timeout, and whether each peer target holds (:func:`versus_peer`).
 The targets (:data:`P99_TARGETS`, :data:`REQUESTS_TARGET`): ``after`` fails no word, its p99
 time to card is at most 0.8 of the peer's on ``flaky`` and ``brownout`` and at most the peer's
 on ``outage``, it sends at most 1.15 times the peer's upstream requests, and finishes no later.
+Where the peer gives words up, requests per card delivered (``requests_per_card_ratio``) are the
+comparable figure.
 
 Two workloads (:data:`WORKLOADS`), because a preset's tail is not always latency:
 
@@ -68,6 +70,10 @@ def _ratio(after: float, peer: float) -> float:
     return after / peer if peer > 0 else math.nan
 
 
+def _per_card(requests: int, cards: int) -> float:
+    return requests / cards if cards > 0 else math.inf
+
+
 def _scaled(workload: Workload, scale: float) -> Workload:
     """Fewer (or more) words over the same release span: a window is still crossed."""
     if scale == 1.0:
@@ -90,9 +96,12 @@ def versus_peer(
     Columns: ``workload``, ``preset``, ``seed``, ``words``, ``arrival``; per policy ``failed``,
     ``p99`` (time to card, s; inf when over 1 % failed), ``requests`` and ``completion`` (s);
     the ratios ``p99_ratio`` (0.0 when only the peer's is infinite), ``requests_ratio``,
-    ``completion_ratio``; after's ``hedges_sent``, ``hedges_won``, ``hedges_skipped`` and its
-    final ``attempt_timeout`` (s); and the checks ``no_errors``, ``p99_ok``, ``requests_ok``,
-    ``completion_ok`` and ``all_ok``. The peer needs the ``bench`` extra."""
+    ``completion_ratio``, and ``requests_per_card_ratio`` (upstream requests per card delivered:
+    where the peer gave words up, its request count is that of a policy that stopped trying);
+    after's ``hedges_sent``, ``hedges_won``, ``hedges_skipped`` and its final
+    ``attempt_timeout`` (s); and the checks ``no_errors``, ``p99_ok``, ``requests_ok``,
+    ``completion_ok``, ``all_ok`` (those four) and ``per_card_ok`` (requests per card within
+    :data:`REQUESTS_TARGET`). The peer needs the ``bench`` extra."""
     rows: list[dict[str, Any]] = []
     for name in workloads:
         for preset in presets:
@@ -126,6 +135,10 @@ def _row(
     row["p99_ratio"] = _ratio(row["after_p99"], row["peer_p99"])
     row["requests_ratio"] = _ratio(row["after_requests"], row["peer_requests"])
     row["completion_ratio"] = _ratio(row["after_completion"], row["peer_completion"])
+    row["requests_per_card_ratio"] = _ratio(
+        _per_card(row["after_requests"], workload.words - row["after_failed"]),
+        _per_card(row["peer_requests"], workload.words - row["peer_failed"]),
+    )
     notes = after_run.notes
     row["hedges_sent"] = notes.get("hedges_sent", 0)
     row["hedges_won"] = notes.get("hedges_won", 0)
@@ -135,6 +148,7 @@ def _row(
     row["p99_ok"] = bool(row["p99_ratio"] <= P99_TARGETS.get(preset, 1.0) + 1e-12)
     row["requests_ok"] = bool(row["requests_ratio"] <= REQUESTS_TARGET + 1e-12)
     row["completion_ok"] = bool(row["completion_ratio"] <= 1.0 + 1e-12)
+    row["per_card_ok"] = bool(row["requests_per_card_ratio"] <= REQUESTS_TARGET + 1e-12)
     row["all_ok"] = all(row[k] for k in ("no_errors", "p99_ok", "requests_ok", "completion_ok"))
     return row
 
@@ -151,9 +165,11 @@ def versus_summary(frame: pd.DataFrame) -> pd.DataFrame:
             "max_p99_ratio": grouped["p99_ratio"].max(),
             "max_requests_ratio": grouped["requests_ratio"].max(),
             "max_completion_ratio": grouped["completion_ratio"].max(),
+            "max_requests_per_card_ratio": grouped["requests_per_card_ratio"].max(),
             "p99_ok": grouped["p99_ok"].sum(),
             "requests_ok": grouped["requests_ok"].sum(),
             "completion_ok": grouped["completion_ok"].sum(),
+            "per_card_ok": grouped["per_card_ok"].sum(),
             "all_ok": grouped["all_ok"].sum(),
         }
     )
