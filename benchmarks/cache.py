@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import csv
 import gc
+import itertools
 import json
 import random
 import statistics
@@ -182,9 +183,8 @@ def words(count: int) -> tuple[str, list[tuple[int, str, str]]]:
             ]
         return str(HSK), rows
     entries = lexicon().entries
-    rows = [(i, entries[(i - 1) % len(entries)].term, entries[(i - 1) % len(entries)].pos)
-            for i in range(1, max(count, len(entries)) + 1)]  # fmt: skip
-    return "flashkit.sim lexicon", rows
+    repeated = itertools.islice(itertools.cycle(entries), max(count, len(entries)))
+    return "flashkit.sim lexicon", [(i, e.term, e.pos) for i, e in enumerate(repeated, 1)]
 
 
 def card(position: int, term: str, kind: str) -> dict[str, Any]:

@@ -70,6 +70,11 @@ def _ratio(after: float, peer: float) -> float:
     return after / peer if peer > 0 else math.nan
 
 
+def _within(ratio: float, bound: float) -> bool:
+    """``ratio`` at most ``bound`` (NaN is not)."""
+    return bool(ratio <= bound + 1e-12)
+
+
 def _per_card(requests: int, cards: int) -> float:
     return requests / cards if cards > 0 else math.inf
 
@@ -145,10 +150,10 @@ def _row(
     row["hedges_skipped"] = notes.get("hedges_skipped", 0)
     row["attempt_timeout"] = notes.get("attempt_timeout")
     row["no_errors"] = row["after_failed"] == 0
-    row["p99_ok"] = bool(row["p99_ratio"] <= P99_TARGETS.get(preset, 1.0) + 1e-12)
-    row["requests_ok"] = bool(row["requests_ratio"] <= REQUESTS_TARGET + 1e-12)
-    row["completion_ok"] = bool(row["completion_ratio"] <= 1.0 + 1e-12)
-    row["per_card_ok"] = bool(row["requests_per_card_ratio"] <= REQUESTS_TARGET + 1e-12)
+    row["p99_ok"] = _within(row["p99_ratio"], P99_TARGETS.get(preset, 1.0))
+    row["requests_ok"] = _within(row["requests_ratio"], REQUESTS_TARGET)
+    row["completion_ok"] = _within(row["completion_ratio"], 1.0)
+    row["per_card_ok"] = _within(row["requests_per_card_ratio"], REQUESTS_TARGET)
     row["all_ok"] = all(row[k] for k in ("no_errors", "p99_ok", "requests_ok", "completion_ok"))
     return row
 
