@@ -120,8 +120,23 @@ def _token_limiter(
         return RedisRateLimiter(
             redis_url, tpm, 60.0, key_prefix=f"{key_prefix}:tokens", name="tokens", clock=clock
         )
-    # A sliding window: never more than tpm in any minute, within either provider's rule, and
-    # refunds of unused max_tokens are exact for every grant.
+    if _style(settings) == "token_bucket":
+        # The provider's own rule: a minute's worth at once (less ``margin`` seconds of refill),
+        # each call charged its estimate and settled at completion, any call's unused tokens
+        # back at once. A sliding window would hold every call's estimate for a full minute
+        # (measured on llm_realistic: 1.14-1.18x the ideal completion time against 1.0x).
+        burst = max(1.0, tpm - tpm / 60.0 * settings.limits.margin)
+        return RateLimiter(
+            tpm,
+            60.0,
+            algorithm="token_bucket",
+            burst=burst,
+            refunds="immediate",
+            clock=clock,
+            name="tokens",
+        )
+    # Per-minute windows counting max_tokens as spent (OpenAI): a sliding window, never more
+    # than tpm in any minute, whose refunds of unused max_tokens are exact for every grant.
     return RateLimiter(tpm, 60.0, clock=clock, name="tokens")
 
 
@@ -131,7 +146,9 @@ def build_limiters(
     """The (requests, tokens) limiters :func:`build_client` gives the client (None: no limit).
     ``limits.rpm``: a token bucket for a ``token_bucket`` provider (``limits.burst`` less
     ``limits.margin`` seconds of refill), else GCRA, evenly spaced; unknown, an adaptive one when
-    ``limits.adaptive``. ``limits.tpm``: a sliding window. Shared through ``run.redis``."""
+    ``limits.adaptive``. ``limits.tpm``: for a ``token_bucket`` provider a bucket like its
+    own, settled at once (``refunds="immediate"``), else a sliding window. Shared through
+    ``run.redis``."""
     run = settings.run
     host = httpx2.URL(run.base_url).host if run.base_url else run.provider
     key_prefix = f"flashkit:rl:{host}"

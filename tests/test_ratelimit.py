@@ -1340,6 +1340,209 @@ def test_bucket_key_refund_is_capped_by_the_latest_grant(algorithm: str) -> None
     assert (stats.refunded_units, stats.forfeited_units) == (20.0, 10.0)
 
 
+def test_immediate_refunds_give_back_an_older_grant_at_once() -> None:
+    """refunds="immediate": an older grant's unused units return to the bucket (a provider
+    settling at completion), and so do the latest's, on top. (At the very instant of a grant a
+    refund counts as if it came first, as a provider may see it: ahead of a full bucket it would
+    be lost to the cap.)"""
+    clock = VirtualClock()
+    limiter = RateLimiter(
+        60, 60.0, algorithm="token_bucket", burst=100, refunds="immediate", clock=clock
+    )
+    older = limiter.reserve(count=40)
+    latest = limiter.reserve(count=40)
+    clock.advance(1.0)
+    assert limiter.remaining() == pytest.approx(21.0)
+    assert limiter.adjust_sync(older, 10) == -30.0
+    assert limiter.remaining() == pytest.approx(51.0)
+    assert latest.cancel()
+    assert limiter.remaining() == pytest.approx(91.0)
+    stats = limiter.stats
+    assert (stats.refunded_units, stats.forfeited_units) == (70.0, 0.0)
+    assert "refunds='immediate'" in repr(limiter)
+
+
+def test_immediate_refunds_never_pass_a_queued_reservation() -> None:
+    """A reservation keeps its time (its holder was told it), so a refund while reservations
+    are queued cannot move the queue: it is forfeited, and a newcomer still waits behind them
+    (FIFO). Once none is queued, refunds count again."""
+    clock = VirtualClock()
+    limiter = RateLimiter(
+        1, 1.0, algorithm="token_bucket", burst=2, refunds="immediate", clock=clock
+    )
+    first = limiter.acquire_sync(count=2)
+    queued = [limiter.reserve() for _ in range(3)]
+    assert [r.execute_at for r in queued] == [1.0, 2.0, 3.0]
+    clock.advance(0.5)
+    limiter.adjust_sync(first, 0)
+    assert not limiter.try_acquire().allowed
+    assert limiter.reserve().execute_at == 4.0
+    assert (limiter.stats.refunded_units, limiter.stats.forfeited_units) == (0.0, 2.0)
+    clock.advance(4.0)  # 4.5 s: the bucket holds half a unit
+    later = limiter.acquire_sync(count=0.5)
+    limiter.adjust_sync(later, 0)
+    assert limiter.remaining() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("algorithm", ["sliding_window", "gcra"])
+def test_immediate_refunds_need_a_token_bucket(algorithm: str) -> None:
+    """refunds="immediate" is a token bucket's setting; elsewhere, or misspelled, it is refused."""
+    with pytest.raises(ValidationError, match="token_bucket"):
+        RateLimiter(10, 1.0, algorithm=algorithm, refunds="immediate")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="'safe'"):
+        RateLimiter(10, 1.0, algorithm="token_bucket", refunds="later")  # type: ignore[arg-type]
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_immediate_refunds_bound_net_use_and_keep_fifo(data: st.DataObject) -> None:
+    """Grants minus refunds in any span [s, t] stay within capacity + (t - s) * refill, each
+    refund counted at the time its units come back (now, or the last queued grant's time), and
+    no grant is made before an earlier one. (A full refund of the latest grant undoes it, as if
+    never made: ``test_immediate_refunds_give_back_an_older_grant_at_once``.)"""
+    rate = data.draw(st.integers(1, 10), label="rate")
+    period = data.draw(st.sampled_from([1.0, 0.3, 60.0]), label="period")
+    burst = data.draw(st.integers(1, 12), label="burst")
+    clock = VirtualClock()
+    limiter = RateLimiter(
+        rate,
+        period,
+        algorithm="token_bucket",
+        burst=burst,
+        refunds="immediate",
+        reservation_ttl=1e9,  # an expiry is a refund this ledger would not see
+        clock=clock,
+    )
+    held: list[Reservation] = []
+    moves: list[tuple[float, float]] = []  # (time, +units granted or -units given back)
+    last = -math.inf
+    latest: Reservation | None = None
+    for _ in range(data.draw(st.integers(1, 40), label="steps")):
+        clock.advance(data.draw(st.sampled_from([0.0, 0.0, 0.1 * period, period]), label="gap"))
+        op = data.draw(st.sampled_from(["reserve", "reserve", "try", "settle", "cancel"]))
+        count = data.draw(st.integers(1, burst), label="count")
+        if op == "reserve":
+            reservation = limiter.reserve(count=count, max_wait=math.inf)
+            assert reservation.execute_at >= last
+            last = reservation.execute_at
+            moves.append((last, count))
+            held.append(reservation)
+            latest = reservation
+        elif op == "try":
+            if limiter.try_acquire(count=count).allowed:
+                assert clock.now() >= last
+                last = clock.now()
+                moves.append((last, count))
+                latest = None
+        elif held:
+            reservation = held.pop(data.draw(st.integers(0, len(held) - 1), label="which"))
+            before = reservation.count
+            least = 1 if reservation is latest else 0  # never all of the latest (see above)
+            if op == "cancel" and not least:
+                reservation.cancel()
+                back = before
+            else:
+                actual = data.draw(st.integers(least, int(before)), label="actual")
+                limiter.adjust_sync(reservation, actual)
+                back = before - actual
+            moves.append((max(clock.now(), last), -back))
+    refill = rate / period
+    times = sorted({t for t, _ in moves})
+    for i, start in enumerate(times):
+        for end in times[i:]:
+            net = sum(u for t, u in moves if start <= t <= end)
+            assert net <= burst + (end - start) * refill + 1e-6
+
+
+def test_immediate_refunds_pull_queued_async_waiters_forward() -> None:
+    """A refund moves the async waiters queued behind it earlier, in order, by what it gives
+    back: 10 units per second, a bucket of 10; three waiters of 10 queued at 1, 2 and 3 s; the
+    first grant, settled at 0 units at 0.5 s, lets them go at 0.5, 1.5 and 2.5 s."""
+    clock = VirtualClock()
+    limiter = RateLimiter(
+        10, 1.0, algorithm="token_bucket", burst=10, refunds="immediate", clock=clock
+    )
+
+    async def main() -> list[float]:
+        first = await limiter.acquire(count=10)
+        waiters = [asyncio.ensure_future(limiter.acquire(count=10)) for _ in range(3)]
+        await asyncio.sleep(0.5)
+        await limiter.adjust(first, 0)
+        return [(await w).admitted_at for w in waiters]
+
+    assert run_virtual(main(), clock=clock) == pytest.approx([0.5, 1.5, 2.5])
+    assert limiter.stats.refunded_units == 10.0
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_immediate_refunds_never_overrun_a_provider_settling_the_same_way(
+    data: st.DataObject,
+) -> None:
+    """Async waiters (pulled forward by refunds) and reservations (kept in place) on a settling
+    bucket: replayed against a provider's bucket of the same size that sees each grant at its
+    admission time and each refund when the client settles it (at one instant, in the order
+    they happened: a refund may arrive before a grant due then), every grant finds its units
+    there (no 429), and grants come in the order they were asked for."""
+    rate = data.draw(st.integers(1, 10), label="rate")
+    period = data.draw(st.sampled_from([1.0, 0.3, 60.0]), label="period")
+    burst = data.draw(st.integers(1, 12), label="burst")
+    plans = data.draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0]),  # start, in periods
+                st.integers(1, burst),  # units asked
+                st.sampled_from([0.0, 0.05, 0.3, 2.0]),  # held, in periods
+                st.floats(0.0, 1.0),  # fraction used
+                st.booleans(),  # a reservation rather than an async waiter
+            ),
+            min_size=1,
+            max_size=12,
+        ),
+        label="plans",
+    )
+    clock = VirtualClock()
+    limiter = RateLimiter(
+        rate, period, algorithm="token_bucket", burst=burst, refunds="immediate", clock=clock
+    )
+    events: list[tuple[float, int, str, float]] = []  # (time, order, kind, units)
+    asked: list[int] = []
+    admitted: dict[int, float] = {}
+
+    async def one(i: int, start: float, units: int, held: float, used: float, book: bool) -> None:
+        await asyncio.sleep(start * period)
+        asked.append(i)
+        target: Grant | Reservation
+        if book:
+            target = limiter.reserve(count=units, max_wait=1e9)
+            await target.wait()
+            admitted[i] = target.execute_at
+        else:
+            target = await limiter.acquire(count=units)
+            admitted[i] = target.admitted_at
+        events.append((admitted[i], len(events), "grant", units))
+        await asyncio.sleep(held * period)
+        actual = math.floor(units * used)
+        await limiter.adjust(target, actual)
+        events.append((clock.now(), len(events), "settle", units - actual))
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i, *plan) for i, plan in enumerate(plans)))
+
+    run_virtual(main(), clock=clock)
+    refill, level, last = rate / period, float(burst), 0.0
+    for t, _, kind, units in sorted(events):
+        level = min(float(burst), level + (t - last) * refill)
+        last = t
+        if kind == "grant":
+            assert level >= units - 1e-6 * burst, (t, units, level)
+            level -= units
+        else:
+            level = min(float(burst), level + units)
+    times = [admitted[i] for i in asked]
+    assert times == sorted(times)
+
+
 # --- 8. MultiLimit ----------------------------------------------------------------------------
 def rpm_tpm(clock: VirtualClock) -> tuple[RateLimiter, RateLimiter, MultiLimit]:
     """3 requests and 1,000 tokens per minute, as one MultiLimit."""

@@ -259,8 +259,13 @@ def test_a_token_bucket_provider_is_mirrored_with_its_burst_less_the_margin() ->
     requests, tokens = built_limiters(write_settings("tuned.toml", values))
     assert (requests.algorithm, requests.rate, requests.period) == ("token_bucket", 600.0, 60.0)
     assert requests.burst == 50 - 600 / 60 * 0.5  # half a second of refill kept in reserve
-    assert tokens is not None
-    assert (tokens.algorithm, tokens.rate) == ("sliding_window", 30_000.0)
+    assert tokens is not None  # the provider's token bucket, settled as it settles
+    assert (tokens.algorithm, tokens.rate, tokens.refunds) == (
+        "token_bucket",
+        30_000.0,
+        "immediate",
+    )
+    assert tokens.burst == 30_000 - 30_000 / 60 * 0.5
 
 
 def test_a_window_or_gcra_is_a_fixed_window_provider_evenly_spaced() -> None:

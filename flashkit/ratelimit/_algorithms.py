@@ -136,7 +136,7 @@ class _Bucket:
     ahead), and the serial number and handle of the latest commit (the only one a refund can
     undo)."""
 
-    __slots__ = ("before", "last", "latest", "level", "stamp")
+    __slots__ = ("before", "last", "latest", "level", "owed", "parked", "queue", "stamp")
 
     def __init__(self) -> None:
         self.level = math.nan  # NaN: never used, the bucket is full
@@ -144,6 +144,11 @@ class _Bucket:
         self.last = 0
         self.latest: list[float] | None = None  # [serial, units, time] of the latest commit
         self.before = (math.nan, -math.inf)  # (level, stamp) before the latest commit
+        # refunds="immediate": grants committed for a later time, in order; units given back
+        # and not yet settled; async waiters asleep on a grant, by id(handle) (see settle()).
+        self.queue: deque[list[float]] = deque()
+        self.owed = 0.0
+        self.parked: dict[int, Callable[[], None]] = {}
 
 
 class _Paced:
@@ -160,9 +165,10 @@ class _Paced:
         self._serial = itertools.count(1)
 
     def _stamp(self, state: Any, n: float, at: float) -> list[float]:
-        """Number a commit of ``n`` units at ``at``: its handle, the only one a refund can undo."""
+        """Number a commit of ``n`` units at ``at``: its handle ``[serial, units held, time,
+        units granted]``, the only one a refund can undo."""
         state.last = next(self._serial)
-        handle: list[float] = [state.last, n, at]
+        handle: list[float] = [state.last, n, at, n]
         state.latest = handle
         return handle
 
@@ -182,6 +188,12 @@ class _TokenBucket(_Paced):
 
     new_state = _Bucket
 
+    def __init__(
+        self, rate: float, period: float, burst: float | None, immediate: bool = False
+    ) -> None:
+        super().__init__(rate, period, burst)
+        self.immediate = immediate  # refunds="immediate": any grant's units come back at once
+
     def _at(self, state: _Bucket, t: float) -> tuple[float, float]:
         """The bucket's (level, time) at max(t, stamp): never before a grant already made."""
         if math.isnan(state.level):
@@ -191,6 +203,10 @@ class _TokenBucket(_Paced):
         return (level if level < self.capacity else self.capacity), when
 
     def earliest(self, state: _Bucket, now: float, n: float) -> float:
+        if self.immediate:
+            queue = state.queue
+            while queue and queue[0][2] < now:  # past: no longer queued (settle() needs
+                queue.popleft()  # those due now: a refund at their time is capped by them)
         level, when = self._at(state, now)
         if level >= n:  # no tolerance in units: it would admit early (by 1e-9 / refill s)
             return when
@@ -201,9 +217,17 @@ class _TokenBucket(_Paced):
         level, when = self._at(state, at)
         state.level = level - n
         state.stamp = when
-        return self._stamp(state, n, when)
+        handle = self._stamp(state, n, when)
+        if self.immediate:
+            state.queue.append(handle)
+        return handle
 
     def refund(self, state: _Bucket, handle: list[float], n: float) -> bool:
+        if self.immediate:
+            given = min(n, handle[1])
+            handle[1] -= given
+            self.credit(state, given)
+            return True
         take = self._taken_back(state, handle, n)
         if take is None:
             return False
@@ -211,6 +235,56 @@ class _TokenBucket(_Paced):
         if handle[1] <= EPS:  # all of it: exactly as if never granted
             state.level, state.stamp = state.before
         return True
+
+    def credit(self, state: _Bucket, n: float) -> None:
+        """``refunds="immediate"``: owe ``n`` units back, whichever grant they came from (net
+        accounting, as a provider settles); :meth:`settle` gives them."""
+        state.owed += n
+
+    def settle(self, state: _Bucket, now: float) -> tuple[list[Callable[[], None]], float]:
+        """Give the owed units back at ``now``: (the alarms of the waiters moved earlier, the
+        units forfeited).
+
+        The units raise the level at ``now``, capped by the bucket's size as a provider settling
+        now caps them (ahead of the grants due now: the provider may see them first). The
+        grants queued from ``now`` on are then made again, in order, each at the earliest time
+        the new level allows (never later than before): the async waiters among them are woken
+        early. A queued grant nobody can be told of (a reservation, a sync waiter, a charge)
+        keeps its time, and so do the grants after it; the units that could not move them are
+        forfeited, which keeps the books of every queued grant exact.
+        """
+        owed, state.owed = state.owed, 0.0
+        queue = state.queue
+        while queue and queue[0][2] < now:
+            queue.popleft()
+        capacity = self.capacity
+        if not queue:
+            state.level = min(state.level + owed, capacity)  # NaN (full) stays NaN
+            return [], 0.0
+        refill = self.refill
+        # The level at ``now`` before the queue's grants: between them it never reaches the cap
+        # (each waits until the level reaches its units, no more than the bucket's size).
+        level = state.level + sum(h[3] for h in queue) - (state.stamp - now) * refill
+        level = min(capacity, level + owed)
+        alarms: list[Callable[[], None]] = []
+        t = now
+        for handle in queue:
+            alarm = state.parked.get(id(handle))
+            if alarm is None and handle[2] > now:
+                return alarms, (0.0 if alarms else owed)
+            n = handle[3]
+            at = t if level >= n else t + (n - level) / refill
+            if at > handle[2]:  # only by rounding: the level is no lower than before
+                at = handle[2]
+            level += (at - t) * refill - n
+            t = at
+            if at < handle[2]:
+                handle[2] = at
+                if alarm is not None:
+                    alarms.append(alarm)
+        state.stamp = t
+        state.level = level
+        return alarms, 0.0
 
     def level(self, state: _Bucket, now: float) -> tuple[float, float]:
         level, when = self._at(state, now)
@@ -291,11 +365,25 @@ def _capacity(burst: float | None) -> float:
     return capacity
 
 
-def algorithm_for(name: str, rate: float, period: float, burst: float | None) -> Any:
+def algorithm_for(
+    name: str, rate: float, period: float, burst: float | None, refunds: str = "safe"
+) -> Any:
+    if refunds not in ("safe", "immediate"):
+        raise ValidationError(
+            f"RateLimiter(refunds={refunds!r}): use 'safe' (the default) or 'immediate'",
+            code="invalid_config",
+        )
+    if refunds == "immediate" and name != "token_bucket":
+        raise ValidationError(
+            f"RateLimiter(algorithm={name!r}, refunds='immediate'): immediate refunds settle "
+            "a token bucket the way a provider does; use algorithm='token_bucket' (a sliding "
+            "window's refunds are exact already)",
+            code="invalid_config",
+        )
     if name == "sliding_window":
         return _SlidingWindow(rate, period, burst)
     if name == "token_bucket":
-        return _TokenBucket(rate, period, burst)
+        return _TokenBucket(rate, period, burst, refunds == "immediate")
     if name == "gcra":
         return _Gcra(rate, period, burst)
     raise ValidationError(

@@ -16,10 +16,11 @@ from flashkit._mutex import Mutex
 from flashkit.clock import Clock
 from flashkit.errors import ValidationError
 
-__all__ = ["Algorithm", "Grant", "Limiter", "LimiterStats", "RateLimitResult"]
+__all__ = ["Algorithm", "Grant", "Limiter", "LimiterStats", "RateLimitResult", "Refunds"]
 
 Algorithm = Literal["sliding_window", "token_bucket", "gcra"]
 ALGORITHMS: Final = ("sliding_window", "token_bucket", "gcra")
+Refunds = Literal["safe", "immediate"]
 EPS: Final = 1e-9
 WAIT_BUCKETS: Final = (0.0, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0, math.inf)
 try:  # the C accessor behind collections.namedtuple's fields

@@ -31,6 +31,7 @@ from flashkit.ratelimit._base import (
     LimiterBase,
     Nap,
     RateLimitResult,
+    Refunds,
     check_actual,
     check_number,
     nap_async,
@@ -109,6 +110,11 @@ class RateLimiter(LimiterBase):
         burst: bucket size for ``token_bucket``/``gcra`` (default 1 unit: a strict pacer).
         clock: a :class:`~flashkit.clock.Clock` (default :func:`flashkit.clock.default_clock`).
         reservation_ttl: seconds an unused reservation is held after ``execute_at`` (60.0).
+        refunds: ``"safe"`` (default): a refund never lets actual use exceed the bound (a bucket
+            takes back only its latest grant; an older one's units are forfeited).
+            ``"immediate"`` (``token_bucket`` only): any grant's refunded units return to the
+            bucket at once, as a provider that settles estimates at completion does
+            (Anthropic's token limit); the bound then holds for units net of refunds.
         name: used in errors and stats.
     """
 
@@ -121,13 +127,15 @@ class RateLimiter(LimiterBase):
         burst: float | None = None,
         clock: Clock | None = None,
         reservation_ttl: float = 60.0,
+        refunds: Refunds = "safe",
         name: str = "ratelimit",
     ) -> None:
         self.rate = check_number(rate, "RateLimiter rate", "units per period, e.g. 60")
         self.period = check_number(period, "RateLimiter period", "seconds, e.g. 60.0")
         self.algorithm: Algorithm = algorithm
         self.burst = burst
-        self._algo = algorithm_for(algorithm, self.rate, self.period, burst)
+        self.refunds: Refunds = refunds
+        self._algo = algorithm_for(algorithm, self.rate, self.period, burst, refunds)
         self.max_count: float = self._algo.max_count
         self.reservation_ttl = check_number(
             reservation_ttl, "RateLimiter reservation_ttl", "seconds, e.g. 60.0", allow_zero=True
@@ -142,6 +150,7 @@ class RateLimiter(LimiterBase):
         self._pending: dict[str, Reservation] = {}
         self._ops = 0
         self._sliding = algorithm == "sliding_window"
+        self._settles = refunds == "immediate"  # a bucket that settles refunds (see _settle)
         # the largest whole count the sliding window's fast paths take (0: no fast path)
         self._fast_max = self.max_count if self._sliding else 0
         self._quantum = self.period / 1024
@@ -149,9 +158,10 @@ class RateLimiter(LimiterBase):
 
     def __repr__(self) -> str:
         burst = f", burst={self.burst}" if self.burst is not None else ""
+        refunds = ", refunds='immediate'" if self.refunds == "immediate" else ""
         return (
-            f"RateLimiter({self.rate:g}, {self.period:g}, algorithm={self.algorithm!r}{burst}, "
-            f"name={self.name!r})"
+            f"RateLimiter({self.rate:g}, {self.period:g}, algorithm={self.algorithm!r}{burst}"
+            f"{refunds}, name={self.name!r})"
         )
 
     # --- shared core (lock held) -----------------------------------------------------------
@@ -199,8 +209,20 @@ class RateLimiter(LimiterBase):
             self._counters.refunded += n
             if self._sliding and state.parked:
                 self._pull_forward(state)
+            elif self._settles:
+                self._settle(state)
         else:
             self._counters.forfeited += n
+
+    def _settle(self, state: Any) -> None:
+        """refunds="immediate" (lock held): give the owed units back now, waking the async
+        waiters whose grants that moves earlier (``_TokenBucket.settle``)."""
+        alarms, lost = self._algo.settle(state, self._now())
+        if lost > 0.0:
+            self._counters.refunded -= lost
+            self._counters.forfeited += lost
+        for alarm in alarms:
+            alarm()
 
     def _pull_forward(self, state: Log) -> None:
         """After a refund (lock held): move the entries of parked async waiters to the earliest
@@ -434,16 +456,18 @@ class RateLimiter(LimiterBase):
         self, key: str, state: Any, handle: Any, n: float, at: float, wait: float, park: bool
     ) -> Generator[Nap, bool, Grant]:
         """A queued grant's wait, until its units are confirmed (see :meth:`_confirm`); on any
-        error (a cancelled task) its units go back. ``park``: sliding-window async waiters are
-        parked on their entry, so a refund can pull them forward (:meth:`_pull_forward`)."""
+        error (a cancelled task) its units go back. ``park``: async waiters of a sliding window
+        or a settling bucket are parked on their grant, so a refund can pull them forward
+        (:meth:`_pull_forward`, :meth:`_settle`)."""
         start = at - wait
         delay = wait
-        parked = park and self._sliding
+        parked = park and (self._sliding or self._settles)
+        slot = 0 if self._sliding else 2  # where the handle keeps its time
         try:
             while delay > 0:
                 moved = yield Nap(self.clock, at, delay, (state.parked, handle) if parked else None)
                 if moved:
-                    at = handle[0]
+                    at = handle[slot]
                     delay = at - self._now()
                     if delay > 0:
                         continue
@@ -543,7 +567,8 @@ class RateLimiter(LimiterBase):
         the newest admitted no later than it (the caller's own grant). Units are not fungible
         across time: taking them from an entry no later than the caller's own grant is safe (it
         leaves the window no later), from a later one it is not (that entry's window would hold
-        more than the log says). Buckets: from the latest grant, at most its units.
+        more than the log says). Buckets: from the latest grant, at most its units; with
+        ``refunds="immediate"`` all of them, at once.
         """
         algo = self._algo
         if algo.name == "sliding_window":
@@ -570,6 +595,10 @@ class RateLimiter(LimiterBase):
             self._counters.forfeited += left
             if state.parked and left < n:
                 self._pull_forward(state)
+        elif self._settles:  # net accounting: whichever grant it was
+            algo.credit(state, n)
+            self._counters.refunded += n
+            self._settle(state)
         else:
             latest = state.latest
             take = 0.0
