@@ -64,9 +64,24 @@ def measure(run: Callable[[int], Any], *, target: float, repeat: int) -> float:
 def measure_interleaved(
     runs: dict[str, Callable[[int], Any]], *, target: float, repeat: int
 ) -> dict[str, float]:
-    """Median seconds per operation of each ``run(n)``, the runs taking turns in each of the
-    ``repeat`` rounds (a noisy spell on a shared machine then hits them all alike). Seconds of
-    this thread's CPU time (``time.thread_time``): time the scheduler gives other processes
+    """Median seconds per operation of each ``run(n)`` over :func:`measure_rounds`."""
+    rounds = measure_rounds(runs, target=target, repeat=repeat)
+    return {name: statistics.median(values) for name, values in rounds.items()}
+
+
+def round_ratio(rounds: dict[str, list[float]], first: str, second: str) -> float:
+    """The median over rounds of ``first / second``, each pair measured back to back: on a VM
+    whose speed drifts by tens of percent over seconds, a ratio within a round is steadier than
+    the ratio of two medians taken in different moments."""
+    return statistics.median(a / b for a, b in zip(rounds[first], rounds[second], strict=True))
+
+
+def measure_rounds(
+    runs: dict[str, Callable[[int], Any]], *, target: float, repeat: int
+) -> dict[str, list[float]]:
+    """Seconds per operation of each ``run(n)`` in each of ``repeat`` rounds, the runs taking
+    turns within a round (a noisy spell on a shared machine then hits them all alike). Seconds
+    of this thread's CPU time (``time.thread_time``): time the scheduler gives other processes
     does not count, which on a busy 2-core machine otherwise swamps a 1 µs call."""
     sizes = {}
     for name, run in runs.items():
@@ -94,7 +109,7 @@ def measure_interleaved(
     finally:
         if gc_was:
             gc.enable()
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def sync_loop(fn: Callable[[], Any]) -> Callable[[int], None]:

@@ -36,6 +36,11 @@ class Outputs:
         return {name: getattr(self, name) for name in formats}
 
 
+def _invalid_output(message: str, path: Path) -> ValidationError:
+    """The error for an output ``path`` that cannot be written: ``message`` says why."""
+    return ValidationError(message, code="invalid_output", details={"path": str(path)})
+
+
 def _writable(directory: Path, what: str) -> None:
     """Raise unless ``directory`` exists as a writable folder or can be made (nothing is left
     behind by the check)."""
@@ -45,20 +50,18 @@ def _writable(directory: Path, what: str) -> None:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise ValidationError(
+        raise _invalid_output(
             f"{what} {str(directory)!r}: {str(probe)!r} is a file, not a folder; choose a folder "
             "with -o DIR",
-            code="invalid_output",
-            details={"path": str(directory)},
+            directory,
         )
     try:
         made = tempfile.mkdtemp(prefix=".flashkit-check-", dir=probe)
     except OSError as error:
-        raise ValidationError(
+        raise _invalid_output(
             f"{what} {str(directory)!r} is not writable ({error.strerror or error}); choose "
             "another folder with -o DIR",
-            code="invalid_output",
-            details={"path": str(directory)},
+            directory,
         ) from None
     os.rmdir(made)
 
@@ -93,18 +96,13 @@ def plan_outputs(
     for label, path in named.items():
         resolved = path.resolve()
         if resolved in taken:
-            raise ValidationError(
+            raise _invalid_output(
                 f"{label} {str(path)!r} is {taken[resolved]}: writing it would destroy it; "
                 "choose another path (or another -o DIR)",
-                code="invalid_output",
-                details={"path": str(path)},
+                path,
             )
         if resolved.is_dir():
-            raise ValidationError(
-                f"{label} {str(path)!r} is a folder; give a file path",
-                code="invalid_output",
-                details={"path": str(path)},
-            )
+            raise _invalid_output(f"{label} {str(path)!r} is a folder; give a file path", path)
         taken[resolved] = label
     for folder in {outputs.tsv.parent, outputs.json.parent, outputs.apkg.parent}:
         _writable(folder, "output folder")

@@ -350,30 +350,29 @@ def _control(value: str) -> str | None:
     return None if bad is None else f"U+{ord(bad):04X}"
 
 
+def _checked(what: str, value: str, limit: int, advice: str) -> str:
+    """``value``, unless it is longer than ``limit`` characters (then ``advice`` says what to do)
+    or holds a control character."""
+    if len(value) > limit:
+        raise _RowProblem(
+            f"{what} is {len(value)} characters long (the limit is {limit}): {_show(value)}; "
+            + advice
+        )
+    if (bad := _control(value)) is not None:
+        raise _RowProblem(f"{what} {_show(value)} contains the control character {bad}; remove it")
+    return value
+
+
 def _term(raw: str, name: str) -> str:
     term = unicodedata.normalize("NFC", raw.strip())
     if not term:
         raise _RowProblem(f"empty term in column {name!r}; fill it in or delete the row")
-    if len(term) > _MAX_TERM:
-        raise _RowProblem(
-            f"term is {len(term)} characters long (the limit is {_MAX_TERM}): {_show(term)}; "
-            "shorten it to one word or phrase"
-        )
-    if (bad := _control(term)) is not None:
-        raise _RowProblem(f"term {_show(term)} contains the control character {bad}; remove it")
-    return term
+    return _checked("term", term, _MAX_TERM, "shorten it to one word or phrase")
 
 
 def _type(raw: str) -> str:
-    kind = normal_type(raw)
-    if len(kind) > _MAX_TYPE:
-        raise _RowProblem(
-            f"type is {len(kind)} characters long (the limit is {_MAX_TYPE}): {_show(kind)}; "
-            "use a part of speech such as noun, verb or adjective"
-        )
-    if (bad := _control(kind)) is not None:
-        raise _RowProblem(f"type {_show(kind)} contains the control character {bad}; remove it")
-    return kind
+    advice = "use a part of speech such as noun, verb or adjective"
+    return _checked("type", normal_type(raw), _MAX_TYPE, advice)
 
 
 def _position(raw: str) -> int:

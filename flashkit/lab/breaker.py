@@ -312,6 +312,15 @@ def plot_breaker_timeline(
     fig, (state_ax, calls_ax, rate_ax) = plt.subplots(
         3, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [1, 2, 1.5]}
     )
+
+    def plot_baseline(axis: Any, column: str, label: str) -> None:
+        """``baseline``'s ``column``, faint grey behind this run's (nothing without one)."""
+        if baseline is not None:
+            timeline = baseline.timeline
+            axis.plot(
+                timeline["t"], timeline[column], label=label, color="grey", alpha=0.5, linewidth=0.8
+            )
+
     # The state as a step function of the exact transition times (a sampled state would hide
     # half-open periods shorter than a bucket).
     levels = {s.value: v for s, v in STATE_LEVEL.items()}
@@ -326,28 +335,12 @@ def plot_breaker_timeline(
     state_ax.set_ylabel("state")
     calls_ax.plot(data["t"], data["reached"], label="reached dependency", color="tab:blue")
     calls_ax.plot(data["t"], data["rejected"], label="rejected by breaker", color="tab:orange")
-    if baseline is not None:
-        calls_ax.plot(
-            baseline.timeline["t"],
-            baseline.timeline["reached"],
-            label="reached, no breaker",
-            color="grey",
-            alpha=0.5,
-            linewidth=0.8,
-        )
+    plot_baseline(calls_ax, "reached", "reached, no breaker")
     calls_ax.set_title("Calls per second", fontsize=10)
     calls_ax.set_ylabel("calls / s")
     calls_ax.legend(loc="upper right")
     rate_ax.plot(data["t"], data["success_rate"], color="tab:green", label="with breaker")
-    if baseline is not None:
-        rate_ax.plot(
-            baseline.timeline["t"],
-            baseline.timeline["success_rate"],
-            color="grey",
-            alpha=0.5,
-            linewidth=0.8,
-            label="no breaker",
-        )
+    plot_baseline(rate_ax, "success_rate", "no breaker")
     rate_ax.set_title("Success rate per second", fontsize=10)
     rate_ax.set_ylabel("success rate (share of calls)")
     rate_ax.set_ylim(-0.05, 1.05)

@@ -1,11 +1,12 @@
-"""What a policy's run records: every HTTP exchange as the client saw it
-(:class:`RecordingTransport`), one row per word (:func:`drive`, for the policies that bring their
-own per-word coroutine), and the whole run (:class:`PolicyRun`)."""
+"""What a policy runs on (:class:`RunSetup`) and what its run records: every HTTP exchange as the
+client saw it (:class:`RecordingTransport`), one row per word (:func:`drive`, for the policies
+that bring their own per-word coroutine), and the whole run (:class:`PolicyRun`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,9 +14,10 @@ from typing import Any
 import httpx2
 import pandas as pd
 
-from flashkit.clock import Clock
+from flashkit.clock import Clock, VirtualClock
 from flashkit.errors import StructuredError
 from flashkit.lab.success.workload import Word, Workload
+from flashkit.sim import SimulatedUpstream
 
 __all__ = [
     "describe",
@@ -25,6 +27,7 @@ __all__ = [
     "PolicyRun",
     "Process",
     "RecordingTransport",
+    "RunSetup",
 ]
 
 
@@ -65,6 +68,24 @@ class RecordingTransport(httpx2.AsyncBaseTransport):
             return response
         finally:
             self.log.append(Exchange(sent, self.clock.now(), status, retry_after))
+
+
+@dataclass(frozen=True, slots=True)
+class RunSetup:
+    """What every policy runs on: the fresh simulated ``upstream``, the ``transport`` to it that
+    records the exchanges, the run's virtual ``clock``, the ``workload`` and its ``words``, and
+    the ``seed`` of the run."""
+
+    upstream: SimulatedUpstream
+    transport: RecordingTransport
+    clock: VirtualClock
+    workload: Workload
+    words: Sequence[Word]
+    seed: int
+
+    def rng(self) -> random.Random:
+        """A fresh ``random.Random(seed)`` for the policy's own draws."""
+        return random.Random(self.seed)
 
 
 @dataclass

@@ -6,15 +6,14 @@ Needs tenacity (the ``bench`` extra)."""
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import httpx2
 
-from flashkit.clock import Clock, VirtualClock
+from flashkit.clock import Clock
 from flashkit.flashcards.stages import TSV_COLUMNS, parse_stage1
-from flashkit.lab.success._record import Outcome, RecordingTransport, drive
+from flashkit.lab.success._record import Outcome, Process, RunSetup, drive
 from flashkit.lab.success._waits import jittered_exponential
 from flashkit.lab.success.workload import (
     API_KEY,
@@ -28,12 +27,14 @@ from flashkit.lab.success.workload import (
 __all__ = [
     "ORIGINAL_RPM",
     "original_stage1",
+    "original_stages",
     "OriginalAPIError",
     "OriginalCircuitBreaker",
     "OriginalCircuitOpen",
     "OriginalTokenBucket",
     "parse_stage2",
     "run_before",
+    "StageCall",
 ]
 
 ORIGINAL_RPM: Final = 600.0
@@ -175,13 +176,23 @@ def parse_stage2(text: str) -> list[dict[str, str]]:
     return rows
 
 
-async def run_before(
-    transport: RecordingTransport,
-    clock: VirtualClock,
-    workload: Workload,
-    words: Sequence[Word],
-    rng: random.Random,
-) -> Outcome:
+StageCall = Callable[[bytes, Callable[[str], Any]], Awaitable[Any]]
+"""Sends one stage's request body and returns the answer's content parsed by the given parser."""
+
+
+def original_stages(workload: Workload, call_stage: StageCall) -> Process:
+    """A word's two stages as the original ran them, each through ``call_stage``: stage 1's
+    answer parsed by :func:`original_stage1`, then stage 2's request built from it and its
+    answer parsed by :func:`parse_stage2`."""
+
+    async def process(word: Word) -> None:
+        stage1 = await call_stage(request_body(word, 1, workload.max_tokens), original_stage1)
+        await call_stage(request_body(word, 2, workload.max_tokens, stage1), parse_stage2)
+
+    return process
+
+
+async def run_before(run: RunSetup) -> Outcome:
     """The original's policy: tenacity ``@retry(stop_after_attempt(3),
     wait_exponential_jitter(initial=1, max=10), retry_if_exception_type((httpx.HTTPError,
     APIError)))`` around an attempt that waits for the token bucket, goes through the breaker
@@ -190,17 +201,17 @@ async def run_before(
     content is parsed *after* the retry loop, so a broken answer fails the word at once."""
     import tenacity  # the bench extra, optional: only this policy needs it
 
-    bucket = OriginalTokenBucket(clock=clock)
-    breaker = OriginalCircuitBreaker(5, 60.0, clock=clock)
+    bucket = OriginalTokenBucket(clock=run.clock)
+    breaker = OriginalCircuitBreaker(5, 60.0, clock=run.clock)
     http = httpx2.AsyncClient(
         base_url=BASE_URL,
-        transport=transport,
+        transport=run.transport,
         headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"},
     )
 
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(3),
-        wait=jittered_exponential(rng, initial=1.0, maximum=10.0),
+        wait=jittered_exponential(run.rng(), initial=1.0, maximum=10.0),
         retry=tenacity.retry_if_exception_type((httpx2.HTTPError, OriginalAPIError)),
         reraise=True,
     )
@@ -222,14 +233,13 @@ async def run_before(
 
         return await breaker.call(exchange)
 
-    async def process(word: Word) -> None:
-        data = await make_request(request_body(word, 1, workload.max_tokens))
-        stage1 = original_stage1(reply_content(data))  # outside the retry loop: fails the word
-        data = await make_request(request_body(word, 2, workload.max_tokens, stage1))
-        parse_stage2(reply_content(data))
+    async def call_stage(content: bytes, parse: Callable[[str], Any]) -> Any:
+        # parsed outside the retry loop: a broken answer fails the word
+        return parse(reply_content(await make_request(content)))
 
+    process = original_stages(run.workload, call_stage)
     try:
-        records = await drive(workload, words, process)
+        records = await drive(run.workload, run.words, process)
     finally:
         await http.aclose()
     notes = {"breaker_reopens": breaker.reopens, "breaker_rejected": breaker.rejected}

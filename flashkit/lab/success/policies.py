@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import datetime as _dt
 import logging
-import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Final, Literal, Self
@@ -32,14 +31,15 @@ from flashkit.flashcards.pipeline import WordOutcome, process
 from flashkit.flashcards.stages import normal_type
 from flashkit.flashcards.store import Store
 from flashkit.flashcards.vocabulary import Vocabulary, VocabularyItem
-from flashkit.lab.success._record import Outcome, PolicyRun, RecordingTransport, drive
-from flashkit.lab.success._waits import random_exponential
-from flashkit.lab.success.original import (
-    ORIGINAL_RPM,
-    original_stage1,
-    parse_stage2,
-    run_before,
+from flashkit.lab.success._record import (
+    Outcome,
+    PolicyRun,
+    RecordingTransport,
+    RunSetup,
+    drive,
 )
+from flashkit.lab.success._waits import random_exponential
+from flashkit.lab.success.original import ORIGINAL_RPM, original_stages, run_before
 from flashkit.lab.success.workload import (
     API_KEY,
     BASE_URL,
@@ -47,7 +47,6 @@ from flashkit.lab.success.workload import (
     Workload,
     load_words,
     reply_content,
-    request_body,
 )
 from flashkit.sim import FaultProfile, SimulatedUpstream
 
@@ -82,15 +81,9 @@ def after_settings(profile: FaultProfile, workload: Workload, *, name: str = "cu
 
 
 def _after_client(
-    transport: RecordingTransport,
-    clock: VirtualClock,
-    profile: FaultProfile,
-    workload: Workload,
-    seed: int,
-    after_limiter: AfterLimiter,
-    after_changes: Mapping[str, Any] | None = None,
+    run: RunSetup, after_limiter: AfterLimiter, after_changes: Mapping[str, Any] | None = None
 ) -> tuple[LLMClient, Settings]:
-    settings = after_settings(profile, workload)
+    settings = after_settings(run.upstream.profile, run.workload)
     if after_changes:
         settings = settings.replace(after_changes, "after_changes")
     if after_limiter == "adaptive":
@@ -107,9 +100,9 @@ def _after_client(
     client = build_client(
         settings,
         api_key=API_KEY,
-        transport=transport,
-        clock=clock,
-        rng=random.Random(seed),
+        transport=run.transport,
+        clock=run.clock,
+        rng=run.rng(),
         name="after",
     )
     return client, settings
@@ -125,24 +118,15 @@ def _lab_vocabulary(words: Sequence[Word]) -> Vocabulary:
 
 
 async def run_after(
-    upstream: SimulatedUpstream,
-    transport: RecordingTransport,
-    clock: VirtualClock,
-    workload: Workload,
-    words: Sequence[Word],
-    seed: int,
-    after_limiter: AfterLimiter,
-    after_changes: Mapping[str, Any] | None,
+    run: RunSetup, after_limiter: AfterLimiter, after_changes: Mapping[str, Any] | None
 ) -> Outcome:
     """The flashcard pipeline itself (``flashkit.flashcards.pipeline.process``, what
     ``flashkit process`` runs) on an in-memory database, with the default settings: the client
     :func:`flashkit.config.build_client` makes, sized to the profile's published limits.
     ``after_limiter="adaptive"`` learns an unknown limit instead, ``"none"`` has no limiter."""
-    client, settings = _after_client(
-        transport, clock, upstream.profile, workload, seed, after_limiter, after_changes
-    )
-    release = workload.release_times()
-    origin = clock.now()
+    client, settings = _after_client(run, after_limiter, after_changes)
+    release = run.workload.release_times()
+    origin = run.clock.now()
     records: list[dict[str, Any]] = []
 
     def record(outcome: WordOutcome) -> None:
@@ -166,12 +150,12 @@ async def run_after(
         with Store.open("sqlite:///:memory:") as store:
             async with client:
                 report = await process(
-                    _lab_vocabulary(words),
+                    _lab_vocabulary(run.words),
                     client,
                     store=store,
                     batch_size=settings.words_in_flight,
                     spares=settings.run.spares,
-                    release=release if workload.arrival > 0 else None,
+                    release=release if run.workload.arrival > 0 else None,
                     on_word=record,
                 )
     finally:
@@ -213,14 +197,7 @@ def _pybreaker_on(clock: VirtualClock) -> Iterator[None]:
         yield
 
 
-async def run_peer(
-    upstream: SimulatedUpstream,
-    transport: RecordingTransport,
-    clock: VirtualClock,
-    workload: Workload,
-    words: Sequence[Word],
-    rng: random.Random,
-) -> Outcome:
+async def run_peer(run: RunSetup) -> Outcome:
     """What a careful engineer assembles from the peers' own documentation: tenacity
     ``@retry(wait=wait_random_exponential(min=1, max=60), stop=stop_after_attempt(6))`` (the
     OpenAI cookbook's rate-limit recipe), aiolimiter ``AsyncLimiter(rpm, 60)`` at the profile's
@@ -231,7 +208,8 @@ async def run_peer(
     import pybreaker
     import tenacity
 
-    rpm = upstream.profile.rpm if upstream.profile.rpm is not None else ORIGINAL_RPM
+    profile = run.upstream.profile
+    rpm = profile.rpm if profile.rpm is not None else ORIGINAL_RPM
     limiter = aiolimiter.AsyncLimiter(rpm, 60.0)
     counts = {"trips": 0, "reopens": 0}
 
@@ -251,13 +229,13 @@ async def run_peer(
     breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60, listeners=[_Count()])
     http = httpx2.AsyncClient(
         base_url=BASE_URL,
-        transport=transport,
+        transport=run.transport,
         headers={"authorization": f"Bearer {API_KEY}"},
         timeout=60.0,
     )
 
     @tenacity.retry(
-        wait=random_exponential(rng, minimum=1.0, maximum=60.0),
+        wait=random_exponential(run.rng(), minimum=1.0, maximum=60.0),
         stop=tenacity.stop_after_attempt(6),
         reraise=True,
     )
@@ -270,13 +248,10 @@ async def run_peer(
                 data = response.json()
         return parse(reply_content(data))
 
-    async def process(word: Word) -> None:
-        stage1 = await call_stage(request_body(word, 1, workload.max_tokens), original_stage1)
-        await call_stage(request_body(word, 2, workload.max_tokens, stage1), parse_stage2)
-
+    process = original_stages(run.workload, call_stage)
     try:
-        with _pybreaker_on(clock):
-            records = await drive(workload, words, process)
+        with _pybreaker_on(run.clock):
+            records = await drive(run.workload, run.words, process)
     finally:
         await http.aclose()
     return records, counts["trips"], {"breaker_reopens": counts["reopens"]}
@@ -302,20 +277,19 @@ def run_policy(
     clock = VirtualClock()
     upstream = SimulatedUpstream(profile, seed=seed, clock=clock)
     transport = RecordingTransport(upstream.transport(), clock)
+    run = RunSetup(upstream, transport, clock, workload, words, seed)
 
     async def main() -> Outcome:
         if policy == "before":
-            return await run_before(transport, clock, workload, words, random.Random(seed))
+            return await run_before(run)
         if policy == "after":
-            return await run_after(
-                upstream, transport, clock, workload, words, seed, after_limiter, after_changes
-            )
+            return await run_after(run, after_limiter, after_changes)
         if policy == "peer":
-            return await run_peer(upstream, transport, clock, workload, words, random.Random(seed))
+            return await run_peer(run)
         if policy == "sdk":
             from flashkit.lab.success.sdk import run_sdk  # the bench extra's openai
 
-            return await run_sdk(transport, clock, workload, words, random.Random(seed))
+            return await run_sdk(run)
         raise ValueError(f"policy={policy!r}: use one of {POLICIES}")
 
     records, trips, notes = run_virtual(main(), clock=clock)

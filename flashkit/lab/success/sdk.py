@@ -29,24 +29,16 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 from unittest import mock
 
 import httpx2
 
-from flashkit.clock import VirtualClock
-from flashkit.lab.success._record import Outcome, RecordingTransport, drive
-from flashkit.lab.success.original import original_stage1, parse_stage2
-from flashkit.lab.success.workload import (
-    API_KEY,
-    BASE_URL,
-    Word,
-    Workload,
-    reply_content,
-    request_body,
-)
+from flashkit.lab.success._record import Outcome, RunSetup, drive
+from flashkit.lab.success.original import original_stages
+from flashkit.lab.success.workload import API_KEY, BASE_URL, reply_content
 
 __all__ = ["openai_sdk", "run_sdk"]
 
@@ -76,20 +68,14 @@ def _seeded_jitter(openai: ModuleType, rng: random.Random) -> Iterator[None]:
         yield
 
 
-async def run_sdk(
-    transport: RecordingTransport,
-    clock: VirtualClock,
-    workload: Workload,
-    words: Sequence[Word],
-    rng: random.Random,
-) -> Outcome:
+async def run_sdk(run: RunSetup) -> Outcome:
     """Both stages of every word through ``openai.AsyncOpenAI(base_url=..., api_key=...,
-    http_client=httpx2.AsyncClient(transport=transport))`` with the SDK's defaults
+    http_client=httpx2.AsyncClient(transport=run.transport))`` with the SDK's defaults
     (``max_retries=2``, its backoff and ``retry-after`` handling, its timeout), the answers parsed
-    by the original's parsers after the call. ``clock`` is the run's virtual clock (the loop the
-    SDK's sleeps run on); no breaker, so no trips."""
+    by the original's parsers after the call. ``run.clock`` is the run's virtual clock (the loop
+    the SDK's sleeps run on); no breaker, so no trips."""
     openai = openai_sdk()
-    http = httpx2.AsyncClient(transport=transport)
+    http = httpx2.AsyncClient(transport=run.transport)
     client = openai.AsyncOpenAI(api_key=API_KEY, base_url=BASE_URL, http_client=http)
 
     async def call_stage(content: bytes, parse: Callable[[str], Any]) -> Any:
@@ -98,13 +84,10 @@ async def run_sdk(
         text = completion.choices[0].message.content
         return parse(reply_content({"choices": [{"message": {"content": text}}]}))
 
-    async def process(word: Word) -> None:
-        stage1 = await call_stage(request_body(word, 1, workload.max_tokens), original_stage1)
-        await call_stage(request_body(word, 2, workload.max_tokens, stage1), parse_stage2)
-
+    process = original_stages(run.workload, call_stage)
     try:
-        with _seeded_jitter(openai, rng):
-            records = await drive(workload, words, process)
+        with _seeded_jitter(openai, run.rng()):
+            records = await drive(run.workload, run.words, process)
     finally:
         await client.close()
     return records, 0, {"max_retries": client.max_retries}
