@@ -10,8 +10,10 @@
 - OpenRouter and generic servers: ``x-ratelimit-{limit,remaining,reset}`` (requests); a reset is
   seconds, or an epoch timestamp in seconds or milliseconds.
 
-Times are seconds from the moment of parsing. Nothing here raises on bad input: a header that does
-not parse is ignored.
+Times are seconds from the moment of parsing. Reset instants are read against this machine's
+clock, or against the response's ``Date`` (the server's clock) when the two differ by more than
+2 s: a clock here that is off, or a simulator answering in virtual time. Nothing here raises on
+bad input: a header that does not parse is ignored.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from typing import TYPE_CHECKING, Final
 
 import httpx2
 
-from flashkit.errors import _is_http_headers, _parse_duration, _parse_retry_after
+from flashkit.errors import (
+    _is_http_headers,
+    _parse_duration,
+    _parse_retry_after,
+    _reference_time,
+)
 
 if TYPE_CHECKING:  # annotations only: httpx (0.x) need not be installed
     import httpx
@@ -139,7 +146,7 @@ def parse_rate_limit_headers(
     def clock() -> _dt.datetime:
         nonlocal wall
         if wall is None:
-            wall = _dt.datetime.now(_dt.UTC)
+            wall = _reference_time(get("date"))
         return wall
 
     # OpenAI

@@ -424,6 +424,26 @@ _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _MAX_MESSAGE: Final = 500
 
 
+_DATE_SKEW: Final = 2.0  # seconds: see _reference_time
+
+
+def _reference_time(date: str | None) -> _dt.datetime:
+    """Now, to read a response's instants (resets, HTTP-date retry-afters) against: this
+    machine's clock, or the response's ``Date`` (the server's) when the two differ by more than
+    2 s: a clock here that is off, or a simulator answering in virtual time. (``Date`` has
+    whole seconds: within the skew, the local clock is finer.)"""
+    local = _dt.datetime.now(_dt.UTC)
+    if date is None:
+        return local
+    try:
+        server = email.utils.parsedate_to_datetime(date)
+    except (TypeError, ValueError, IndexError):
+        return local
+    if server.tzinfo is None:
+        server = server.replace(tzinfo=_dt.UTC)
+    return server if abs((server - local).total_seconds()) > _DATE_SKEW else local
+
+
 def _parse_retry_after(headers: Mapping[str, str], now: _dt.datetime | None = None) -> float | None:
     """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP-date), else None."""
     raw_ms = headers.get("retry-after-ms")
@@ -447,7 +467,7 @@ def _parse_retry_after(headers: Mapping[str, str], now: _dt.datetime | None = No
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=_dt.UTC)
-        now = now if now is not None else _dt.datetime.now(_dt.UTC)
+        now = now if now is not None else _reference_time(headers.get("date"))
         return max(0.0, (when - now).total_seconds())
     return value if 0 <= value < math.inf else None
 
@@ -491,7 +511,7 @@ def _parse_reset_headers(
                 continue
             if when.tzinfo is None:
                 when = when.replace(tzinfo=_dt.UTC)
-            now = now if now is not None else _dt.datetime.now(_dt.UTC)
+            now = now if now is not None else _reference_time(headers.get("date"))
             hints.append(max(0.0, (when - now).total_seconds()))
     return max(hints) if hints else None
 

@@ -301,6 +301,26 @@ def test_429_retry_after_is_honoured(stream: bool) -> None:
     assert retried_at - limited_at >= 58.0 - 1e-9
 
 
+def test_an_exhausted_limit_holds_the_next_request_in_virtual_time() -> None:
+    """Two requests a minute (Anthropic's continuous bucket), no client limiter: the answer that
+    leaves none says, in RFC 3339, when the limit is full again; the simulator's ``Date`` is in
+    virtual time, so the client reads that instant against it and holds the next request for a
+    refill step (~29 s) instead of sending it into a 429."""
+
+    async def run(clock: VirtualClock) -> Recorder:
+        profile = dataclasses.replace(FIXED, rpm=2, limit_mode="token_bucket")
+        client = anthropic(SimulatedUpstream(profile, clock=clock))
+        async with client:
+            for _ in range(3):
+                await client.chat(HELLO)
+        return recorder_of(client)
+
+    recorder = virtual(run)
+    assert recorder.statuses == [200, 200, 200]
+    (_, *_), (second, *_), (third, *_) = recorder.sent
+    assert third - (second + LATENCY) >= 28.0
+
+
 # --- the key -----------------------------------------------------------------------------------
 
 

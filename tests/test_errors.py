@@ -19,6 +19,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from flashkit._headers import parse_rate_limit_headers
 from flashkit.errors import (
     AuthenticationError,
     CacheError,
@@ -405,6 +406,46 @@ def test_classify_time_based_hints(headers: Any, expected: float) -> None:
     assert isinstance(error, RateLimitError)
     assert error.retryable
     assert error.retry_after == pytest.approx(expected, abs=2)
+
+
+def test_instants_are_read_against_the_server_date_when_this_clock_is_far_off() -> None:
+    """A response from a server whose clock (its ``Date``) is a year away from this one (a
+    simulator in virtual time, or a clock here that is off): its reset and HTTP-date
+    retry-after are read against its own ``Date``, not against this machine's clock."""
+    date = dt.datetime(2025, 1, 1, tzinfo=UTC)
+    server = email.utils.format_datetime(date, usegmt=True)
+    reset = (date + dt.timedelta(seconds=20)).isoformat().replace("+00:00", "Z")
+    later = email.utils.format_datetime(date + dt.timedelta(seconds=30), usegmt=True)
+    headers = {
+        "date": server,
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": reset,
+    }
+    error = classify(make_response(429, headers=headers))
+    assert isinstance(error, RateLimitError)
+    assert error.retry_after == 20.0
+    error = classify(make_response(429, headers={"date": server, "retry-after": later}))
+    assert isinstance(error, RateLimitError)
+    assert error.retry_after == 30.0
+    parsed = parse_rate_limit_headers(headers)
+    assert parsed.requests is not None
+    assert parsed.requests.reset == 20.0
+
+
+def test_a_server_date_close_to_this_clock_leaves_this_clock_in_charge() -> None:
+    """Within 2 s of this machine's clock the ``Date`` header (whole seconds) is not used: the
+    local clock is finer. A reset 20 s ahead of now, with a Date half a second behind (then cut
+    to whole seconds: 0.5-1.5 s behind): 20 s, not 20.5-21.5."""
+    now = dt.datetime.now(UTC)
+    headers = {
+        "date": email.utils.format_datetime(now - dt.timedelta(seconds=0.5), usegmt=True),
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": rfc3339_in(20),
+    }
+    parsed = parse_rate_limit_headers(headers)
+    assert parsed.requests is not None
+    assert parsed.requests.reset is not None
+    assert 19.0 < parsed.requests.reset <= 20.0
 
 
 @pytest.mark.parametrize("status", [200, 201, 204, 301, 304])

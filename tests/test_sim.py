@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import email.utils
 import json
 import math
 import re
@@ -377,6 +378,9 @@ def test_anthropic_headers_use_rfc3339_resets_on_the_upstream_epoch() -> None:
             seconds = reset.timestamp() - upstream.epoch - clock.now()
             assert 60 - expected <= seconds < 60 - expected + 1
             assert int(headers["anthropic-ratelimit-tokens-remaining"]) < 60_000
+            # and the server's own time, as every provider sends it: on the same epoch
+            date = email.utils.parsedate_to_datetime(headers["date"])
+            assert date.timestamp() == math.floor(upstream.epoch + clock.now())
 
     virtual(run)
 

@@ -10,6 +10,7 @@ it ends), played in process by :class:`SimTransport` and over HTTP by :attr:`asg
 
 from __future__ import annotations
 
+import email.utils
 import math
 import random
 import time
@@ -331,6 +332,8 @@ class SimulatedUpstream:
         if plan.before is not None:
             return Reply(0, {}, before=plan.before)
         headers = plan.headers
+        # As every provider does: the server's time, whole seconds (virtual: from the epoch).
+        headers["date"] = email.utils.formatdate(self.epoch + self.elapsed(), usegmt=True)
         if plan.chunks is None:
             body = plan.body
             if plan.dialect == "anthropic" and plan.status >= 400:

@@ -47,6 +47,7 @@ class SimServer(uvicorn.Server):
         config_options.setdefault("interface", "asgi3")
         # A stalled response must not hold a shutdown for its whole stall.
         config_options.setdefault("timeout_graceful_shutdown", 2)
+        config_options.setdefault("date_header", False)  # the upstream sends its own
         super().__init__(uvicorn.Config(app, **config_options))
         self._windows = tuple(
             (start, end)
