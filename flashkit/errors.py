@@ -433,15 +433,21 @@ def _reference_time(date: str | None) -> _dt.datetime:
     2 s: a clock here that is off, or a simulator answering in virtual time. (``Date`` has
     whole seconds: within the skew, the local clock is finer.)"""
     local = _dt.datetime.now(_dt.UTC)
-    if date is None:
+    server = _http_date(date)
+    if server is None:
         return local
-    try:
-        server = email.utils.parsedate_to_datetime(date)
-    except (TypeError, ValueError, IndexError):
-        return local
-    if server.tzinfo is None:
-        server = server.replace(tzinfo=_dt.UTC)
     return server if abs((server - local).total_seconds()) > _DATE_SKEW else local
+
+
+def _http_date(raw: str | None) -> _dt.datetime | None:
+    """An HTTP-date (``Wed, 01 Jan 2025 00:00:00 GMT``) as an aware UTC time, else None."""
+    if raw is None:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=_dt.UTC)
 
 
 def _parse_retry_after(headers: Mapping[str, str], now: _dt.datetime | None = None) -> float | None:
@@ -461,12 +467,9 @@ def _parse_retry_after(headers: Mapping[str, str], now: _dt.datetime | None = No
     try:
         value = float(raw)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
+        when = _http_date(raw)
+        if when is None:
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=_dt.UTC)
         now = now if now is not None else _reference_time(headers.get("date"))
         return max(0.0, (when - now).total_seconds())
     return value if 0 <= value < math.inf else None
