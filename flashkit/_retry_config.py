@@ -122,8 +122,8 @@ class RetryConfig:
     - ``attempt_timeout``: seconds per attempt; async attempts are cancelled (None: unbounded).
     - ``respect_retry_after=True``, ``max_retry_after=60.0``, ``retry_after_jitter=0.1``:
       server hints as floors, their ceiling, and the jitter above them (fraction of the hint).
-    - ``backoff_from_start=False``: count each delay from the start of the failed attempt
-      instead of its end, so an attempt that took longer to fail than the delay drawn is
+    - ``backoff_from_start=False``: True counts each delay from the start of the failed
+      attempt instead of its end, so an attempt that took longer to fail than the delay drawn is
       retried at once (a server hint still counts from the answer). The backoff then spaces
       the starts of attempts, which is what keeps their rate down; a slow failure has spaced
       itself already.

@@ -38,7 +38,8 @@ __all__ = [
 
 
 def retry_values(config: RetryConfig) -> dict[str, Any]:
-    """The ``[retry]`` settings of a :class:`RetryConfig` (its budget and hooks stay in code)."""
+    """The ``[retry]`` settings of a :class:`RetryConfig` (its budget and hooks stay in code;
+    ``backoff_from_start`` is not tuned here, so the settings keep their own, on)."""
     if config.max_delay is None:
         raise ValueError("retry_values: a RetryConfig without max_delay has no flashkit.toml form")
     return {
