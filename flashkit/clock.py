@@ -21,6 +21,7 @@ helper thread while the caller waits). Why a loop of our own: ``docs/design/virt
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import heapq
@@ -144,7 +145,9 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
     When no callback is ready it advances the clock to the next timer instead of sleeping, so
     timers fire in exact virtual-time order and an hour of sleeps takes milliseconds. Work in
     executor threads (``run_in_executor``, ``asyncio.to_thread``) is waited for in real time and
-    takes no virtual time. Real network I/O does not mix with virtual time: a socket that answers
+    takes no virtual time; its results are handed over one at a time, in the order the work was
+    submitted, once nothing else can run at that instant: which thread finishes first does not
+    change the run. Real network I/O does not mix with virtual time: a socket that answers
     in 5 real ms answers after the next timer, however far that is. Use it for in-process
     simulations (flashkit's simulated upstream, mock transports).
 
@@ -154,7 +157,9 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
 
     def __init__(self, clock: VirtualClock | None = None) -> None:
         self.clock = clock if clock is not None else VirtualClock()
-        self._executor_pending = 0
+        # (the thread's future, the one its caller awaits), in the order submitted
+        self._executor_work: collections.deque[tuple[asyncio.Future[Any], asyncio.Future[Any]]]
+        self._executor_work = collections.deque()
         self._stall_at = -math.inf
         self._stalls = 0
         # Timers live in a heap of (when, seq, handle) tuples: tuple comparison runs in C, where
@@ -176,14 +181,27 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
     def run_in_executor(  # type: ignore[override]
         self, executor: Any, func: Callable[..., T], *args: Any
     ) -> asyncio.Future[T]:
-        future = super().run_in_executor(executor, func, *args)
-        if not future.done():
-            self._executor_pending += 1
-            future.add_done_callback(self._executor_done)
-        return future
+        work = super().run_in_executor(executor, func, *args)
+        handed: asyncio.Future[T] = self.create_future()
+        handed.add_done_callback(lambda f: work.cancel() if f.cancelled() else None)
+        self._executor_work.append((work, handed))
+        return handed
 
-    def _executor_done(self, _future: asyncio.Future[Any]) -> None:
-        self._executor_pending -= 1
+    def _hand_over(self) -> bool:
+        """Hand the oldest finished executor work to its caller; False while it runs on."""
+        work, handed = self._executor_work[0]
+        if not work.done():
+            return False
+        self._executor_work.popleft()
+        if handed.done():  # its caller was cancelled meanwhile
+            return True
+        if work.cancelled():
+            handed.cancel()
+        elif (error := work.exception()) is not None:
+            handed.set_exception(error)
+        else:
+            handed.set_result(work.result())
+        return True
 
     def call_at(
         self,
@@ -202,8 +220,8 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         timer._scheduled = True  # type: ignore[attr-defined]
         return timer
 
-    def _run_once(self) -> None:
-        """One loop iteration, as in ``asyncio.BaseEventLoop``, with waiting replaced by a jump."""
+    def _drop_cancelled_timers(self) -> list[tuple[float, int, asyncio.TimerHandle]]:
+        """The timer heap without cancelled timers at its head (rebuilt when most are)."""
         scheduled: list[tuple[float, int, asyncio.TimerHandle]] = self._scheduled  # type: ignore[has-type]
         count = len(scheduled)
         if count > 100 and self._timer_cancelled_count / count > 0.5:  # type: ignore[has-type]
@@ -220,7 +238,11 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
             while scheduled and scheduled[0][2]._cancelled:
                 self._timer_cancelled_count -= 1
                 heapq.heappop(scheduled)[2]._scheduled = False  # type: ignore[attr-defined]
+        return scheduled
 
+    def _run_once(self) -> None:
+        """One loop iteration, as in ``asyncio.BaseEventLoop``, with waiting replaced by a jump."""
+        scheduled = self._drop_cancelled_timers()
         ready = self._ready  # type: ignore[attr-defined]
         selector = self._selector  # type: ignore[attr-defined]
         clock = self.clock
@@ -238,9 +260,11 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
             else:
                 self._stall_at = clock._now
                 self._stalls = 0
-        elif not scheduled or self._executor_pending:
-            # Nothing scheduled (only another thread or real I/O can wake us), or executor
-            # threads are working, whose work takes no virtual time: wait for real.
+        elif self._executor_work:
+            # Executor work takes no virtual time: hand over the oldest, or wait for it for real.
+            events = selector.select(0 if self._hand_over() else None)
+        elif not scheduled:
+            # Nothing scheduled: only another thread or real I/O can wake us.
             events = selector.select(None)
         else:
             # Idle until the next timer: poll real I/O (if any is registered besides the loop's

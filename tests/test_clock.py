@@ -7,6 +7,7 @@ import contextvars
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -237,6 +238,48 @@ def test_executor_work_keeps_pending_timers_waiting() -> None:
 
     run_virtual(main(), clock=clock)
     assert fired == [5.0]
+
+
+def test_executor_results_come_back_in_the_order_submitted() -> None:
+    """Whichever thread finishes first, the callers resume in the order they submitted their
+    work (so a run is a function of its seed): the first job here waits until the last has
+    finished, yet the first caller resumes first. A failure and a cancelled caller keep their
+    places too."""
+    clock = VirtualClock()
+    last_done = threading.Event()
+    resumed: list[str] = []
+
+    def first() -> str:
+        last_done.wait()
+        return "first"
+
+    def broken() -> str:
+        raise ValueError("second")
+
+    def last() -> str:
+        last_done.set()
+        return "last"
+
+    async def call(job: Callable[[], str]) -> None:
+        try:
+            resumed.append(await asyncio.to_thread(job))
+        except ValueError as error:
+            resumed.append(str(error))
+
+    async def main() -> None:
+        tasks = [
+            asyncio.ensure_future(call(first)),
+            asyncio.ensure_future(call(broken)),
+            asyncio.ensure_future(asyncio.to_thread(lambda: "cancelled")),
+            asyncio.ensure_future(call(last)),
+        ]
+        await asyncio.sleep(0)
+        tasks[2].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    run_virtual(main(), clock=clock)
+    assert resumed == ["first", "second", "last"]
+    assert clock.now() == 0.0
 
 
 def test_exceptions_propagate_out_of_run_virtual() -> None:
