@@ -105,9 +105,12 @@ def test_rate_limits_notebook_shows_strict_windows(report) -> None:  # type: ign
     assert burst["flashkit sliding_window"]["max_in_window"] <= 200
     assert burst["aiolimiter AsyncLimiter"]["max_in_window"] > 200
     assert results["sharding"]["max_in_window"] <= results["sharding"]["rate"]
-    reconciliation = results["reconciliation"]
-    assert len(reconciliation) == 3
-    assert all(r["peak_tokens_in_a_minute"] <= r["limit_tokens_per_minute"] for r in reconciliation)
+    *windows, bucket = results["reconciliation"]
+    assert len(windows) == 3
+    assert all(r["peak_tokens_in_a_minute"] <= r["limit_tokens_per_minute"] for r in windows)
+    assert bucket["policy"] == "a bucket like Anthropic's, settled at once"
+    assert bucket["peak_tokens_in_a_minute"] <= 2 * bucket["limit_tokens_per_minute"]
+    assert bucket["calls_per_minute"] > max(r["calls_per_minute"] for r in windows)
 
 
 def test_ratelimit_benchmark_reports_peers_and_redis(report) -> None:  # type: ignore[no-untyped-def]

@@ -241,11 +241,23 @@ def _run_calls(
     policy: str,
 ) -> tuple[float, list[tuple[float, int]]]:
     """Simulated minutes to finish every call, and (start time, tokens used) per call.
-    ``policy``: "keep" (reserve, no refund), "reservation" (reserve, refund on it) or "acquire"
+    ``policy``: "keep" (reserve, no refund), "reservation" (reserve, refund on it), "acquire"
     (acquire, refund with the call's own :class:`~flashkit.ratelimit.Grant`: queued calls are
-    pulled forward)."""
+    pulled forward) or "settle" (the same on a token bucket of a minute's worth with
+    ``refunds="immediate"``, as Anthropic's limit)."""
     clock = VirtualClock()
-    limiter = RateLimiter(tokens_per_minute, 60.0, clock=clock, name="tpm")
+    if policy == "settle":  # the provider's own bucket: a minute's worth, refunds at once
+        limiter = RateLimiter(
+            tokens_per_minute,
+            60.0,
+            algorithm="token_bucket",
+            burst=tokens_per_minute,
+            refunds="immediate",
+            clock=clock,
+            name="tpm",
+        )
+    else:
+        limiter = RateLimiter(tokens_per_minute, 60.0, clock=clock, name="tpm")
     used: list[tuple[float, int]] = []
     queue = list(range(len(usage)))
 
@@ -253,7 +265,7 @@ def _run_calls(
         while queue:
             i = queue.pop(0)
             target: Grant | Reservation
-            if policy == "acquire":
+            if policy in ("acquire", "settle"):
                 target = await limiter.acquire(count=max_tokens)
             else:
                 target = limiter.reserve(count=max_tokens, max_wait=math.inf)
@@ -283,20 +295,22 @@ def token_reconciliation(
     """LLM calls under a tokens-per-minute limit, each charged its ``max_tokens`` estimate up
     front, with and without giving back the unused part when the response reports its usage.
 
-    Three policies: reserve ``max_tokens`` (:meth:`~flashkit.ratelimit.RateLimiter.reserve`) and
+    Four policies: reserve ``max_tokens`` (:meth:`~flashkit.ratelimit.RateLimiter.reserve`) and
     keep it; reserve and give back the unused part (:meth:`~flashkit.ratelimit.RateLimiter.adjust`
     on the reservation) once the response arrives; ``acquire`` and give it back from the call's
     own grant (``await limiter.adjust(grant, used)``), which also wakes the calls queued behind
-    it.
+    it; the same on a bucket like Anthropic's (a minute's worth, ``refunds="immediate"``).
     Returns one row per policy: calls completed,
     simulated minutes, calls per minute, tokens used per minute, and the most tokens actually used
-    in any one-minute window (which must stay within the limit).
+    in any one-minute window (within the limit for the sliding windows; for the bucket, within
+    its size plus a minute of refill, what such a provider admits).
     """
     rows = []
     names = {
         "keep": "reserve max_tokens",
         "reservation": "reserve max_tokens, refund the rest",
         "acquire": "acquire max_tokens, refund the rest (queued calls go at once)",
+        "settle": "a bucket like Anthropic's, settled at once",
     }
     for policy, name in names.items():
         rng = random.Random(seed)
