@@ -31,6 +31,7 @@ from flashkit.errors import (
     _parse_duration,
     _parse_retry_after,
     _reference_time,
+    _rfc3339,
 )
 
 if TYPE_CHECKING:  # annotations only: httpx (0.x) need not be installed
@@ -90,12 +91,9 @@ def _number(raw: str | None) -> float | None:
 def _rfc3339_seconds(raw: str | None, now: _dt.datetime) -> float | None:
     if raw is None:
         return None
-    try:
-        when = _dt.datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-    except ValueError:
+    when = _rfc3339(raw)
+    if when is None:
         return _number(raw)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.UTC)
     return max(0.0, (when - now).total_seconds())
 
 

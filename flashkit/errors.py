@@ -450,6 +450,16 @@ def _http_date(raw: str | None) -> _dt.datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=_dt.UTC)
 
 
+def _rfc3339(raw: str) -> _dt.datetime | None:
+    """An RFC 3339 instant (``2025-01-01T00:00:30Z``, Anthropic's resets) as an aware time
+    (UTC when it names no offset), else None."""
+    try:
+        when = _dt.datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=_dt.UTC)
+
+
 def _parse_retry_after(headers: Mapping[str, str], now: _dt.datetime | None = None) -> float | None:
     """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP-date), else None."""
     raw_ms = headers.get("retry-after-ms")
@@ -506,14 +516,9 @@ def _parse_reset_headers(
     for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
         if headers.get(f"anthropic-ratelimit-{kind}-remaining", "").strip() == "0":
             reset = headers.get(f"anthropic-ratelimit-{kind}-reset")
-            if reset is None:
+            when = _rfc3339(reset) if reset is not None else None
+            if when is None:
                 continue
-            try:
-                when = _dt.datetime.fromisoformat(reset.strip().replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=_dt.UTC)
             now = now if now is not None else _reference_time(headers.get("date"))
             hints.append(max(0.0, (when - now).total_seconds()))
     return max(hints) if hints else None
